@@ -1,0 +1,117 @@
+"""GeneralizedVLRCNN: GLIP's detector (Swin+FPN, BERT, VLDyHead with ATSS)."""
+from typing import Dict, List, Optional, Union
+
+import torch
+from torch import nn
+
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
+
+from ..backbone import build_backbone
+from ..language_backbone import (build_language_backbone, build_language_config, build_tokenizer,
+                                 tokenize_captions)
+from ..rpn import build_rpn
+
+PositiveMap = Union[torch.Tensor, Dict[int, List[int]]]
+
+
+class GeneralizedVLRCNN(nn.Module):
+    """Grounded detector: image features and caption features are fused in the head; boxes score caption tokens."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        language_config = build_language_config(cfg)
+        self.backbone = build_backbone(cfg)
+        self.language_backbone = build_language_backbone(cfg, language_config)
+        self.rpn = build_rpn(cfg, language_config)
+        self.tokenizer = build_tokenizer(cfg)
+        self.max_query_len = cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN
+        self.pad_max = cfg.MODEL.LANGUAGE_BACKBONE.PAD_MAX
+        self.mask_special = cfg.MODEL.LANGUAGE_BACKBONE.MASK_SPECIAL
+        self.freeze_backbone = cfg.MODEL.BACKBONE.FREEZE
+        self.freeze_fpn = cfg.MODEL.FPN.FREEZE
+        self.freeze_rpn = cfg.MODEL.RPN.FREEZE
+        self.freeze_language_backbone = cfg.MODEL.LANGUAGE_BACKBONE.FREEZE
+        self.linear_prob = cfg.MODEL.LINEAR_PROB
+        if self.linear_prob and not (self.freeze_backbone and self.freeze_fpn):
+            raise ValueError("MODEL.LINEAR_PROB needs MODEL.BACKBONE.FREEZE and MODEL.FPN.FREEZE set to True.")
+        self._apply_freezing()
+
+    # Parameters that linear probing keeps trainable, as in the official implementation.
+    _LINEAR_PROB_TRAINABLE = ("bbox_pred", "cls_logits", "centerness", "cosine_scale", "dot_product_projection_text",
+                              "head.log_scale", "head.bias_lang", "head.bias0")
+
+    def _apply_freezing(self) -> None:
+        """Freeze what the config asks for; the unused class-logit conv is always frozen and in eval mode."""
+        frozen = []
+        if self.freeze_backbone:
+            frozen.append(self.backbone.body)
+        if self.freeze_fpn:
+            frozen.append(self.backbone.fpn)
+        if self.freeze_rpn:
+            frozen.append(self.rpn.head)
+        if self.freeze_language_backbone:
+            frozen.append(self.language_backbone)
+        # Dot-product token logits replace the class logits, whose conv exists only for checkpoint compatibility.
+        frozen.append(self.rpn.head.cls_logits)
+        for module in frozen:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad = False
+        if self.linear_prob:
+            for name, p in self.rpn.named_parameters():
+                if not any(key in name for key in self._LINEAR_PROB_TRAINABLE):
+                    p.requires_grad = False
+
+    def train(self, mode: bool = True) -> "GeneralizedVLRCNN":
+        """Switch mode while keeping frozen parts frozen and in eval mode."""
+        super().train(mode)
+        self._apply_freezing()
+        return self
+
+    def tokenize(self, captions: List[str], device: Union[str, torch.device]) -> Dict[str, torch.Tensor]:
+        """Tokenise captions the way the model expects them (MAX_QUERY_LEN, PAD_MAX)."""
+        return tokenize_captions(self.tokenizer, captions, self.max_query_len, self.pad_max).to(device)
+
+    def forward(
+        self,
+        images: Union[ImageList, torch.Tensor, List[torch.Tensor]],
+        targets: Optional[List[BoxList]] = None,
+        captions: Optional[List[str]] = None,
+        positive_map: Optional[PositiveMap] = None,
+        greenlight_map: Optional[torch.Tensor] = None,
+        tokenized: Optional[Dict[str, torch.Tensor]] = None,
+    ) -> Union[List[BoxList], Dict[str, torch.Tensor]]:
+        """Loss dict in training mode, detections (BoxList with `scores` and `labels`) in eval mode.
+
+        `positive_map` is the (boxes, tokens) 0/1 matrix of all targets in training and the label -> token
+        indices dict in eval. Captions are tokenised here unless the data pipeline passes `tokenized`
+        (input_ids, attention_mask and, with MASK_SPECIAL, special_tokens_mask). `greenlight_map` is accepted
+        for signature compatibility; only the MLM loss, which this project does not build, reads it.
+        """
+        if self.training and targets is None:
+            raise ValueError("In training mode, targets must be passed.")
+        if positive_map is None:
+            raise ValueError("positive_map is required: it maps boxes (training) or labels (eval) to tokens.")
+        images = to_image_list(images)
+        device = images.tensors.device
+        if tokenized is None:
+            if captions is None:
+                raise ValueError("Pass captions (list of str) or tokenized captions.")
+            tokenized = self.tokenize(captions, device)
+        language_dict_features = self.encode_language(tokenized)
+        visual_features = self.backbone(images.tensors)
+        if targets is not None:
+            targets = [target.to(device) for target in targets]
+        detections, losses = self.rpn(images, visual_features, targets, language_dict_features, positive_map)
+        return losses if self.training else detections
+
+    def encode_language(self, tokenized: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Run the language backbone on tokenised captions."""
+        text_input = {"input_ids": tokenized["input_ids"], "attention_mask": tokenized["attention_mask"]}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_language_backbone):
+            features = self.language_backbone(text_input)
+        if self.mask_special:
+            features["masks"] = 1 - tokenized["special_tokens_mask"]
+        return features

@@ -1,0 +1,40 @@
+"""Tokenizer of the language backbone: the shipped bert-base-uncased WordPiece vocabulary by default."""
+from pathlib import Path
+from typing import List, Union
+
+from transformers import AutoTokenizer, BatchEncoding, BertTokenizerFast, PreTrainedTokenizerBase
+
+from .bert_model import SHIPPED_BERT_DIR
+
+
+def build_tokenizer(cfg) -> PreTrainedTokenizerBase:
+    """Tokenizer named by MODEL.LANGUAGE_BACKBONE.TOKENIZER_PATH, else the shipped bert-base-uncased one."""
+    lang = cfg.MODEL.LANGUAGE_BACKBONE
+    if lang.TOKENIZER_PATH:
+        return AutoTokenizer.from_pretrained(lang.TOKENIZER_PATH)
+    if lang.TOKENIZER_TYPE != "bert-base-uncased":
+        raise ValueError(
+            f"MODEL.LANGUAGE_BACKBONE.TOKENIZER_TYPE={lang.TOKENIZER_TYPE!r} is not shipped; set "
+            "MODEL.LANGUAGE_BACKBONE.TOKENIZER_PATH to a local tokenizer folder or a Hugging Face name."
+        )
+    return load_shipped_tokenizer()
+
+
+def load_shipped_tokenizer(folder: Union[str, Path] = SHIPPED_BERT_DIR) -> BertTokenizerFast:
+    """The uncased BERT WordPiece tokenizer built from the vocabulary shipped in the package."""
+    return BertTokenizerFast(vocab_file=str(Path(folder) / "vocab.txt"), do_lower_case=True)
+
+
+def tokenize_captions(tokenizer: PreTrainedTokenizerBase, captions: List[str], max_query_len: int,
+                      pad_max: bool = True) -> BatchEncoding:
+    """Tokenise captions as GLIP's model input: truncated to `max_query_len`, padded to it when `pad_max`."""
+    if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
+        raise TypeError(f"captions must be a list of str, got {type(captions).__name__}")
+    return tokenizer(
+        list(captions),
+        max_length=max_query_len,
+        padding="max_length" if pad_max else "longest",
+        return_special_tokens_mask=True,
+        return_tensors="pt",
+        truncation=True,
+    )

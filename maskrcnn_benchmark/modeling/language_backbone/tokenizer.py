@@ -22,7 +22,7 @@ def build_tokenizer(cfg) -> PreTrainedTokenizerBase:
 
 def load_shipped_tokenizer(folder: Union[str, Path] = SHIPPED_BERT_DIR) -> BertTokenizerFast:
     """The uncased BERT WordPiece tokenizer built from the vocabulary shipped in the package."""
-    return BertTokenizerFast(vocab_file=str(Path(folder) / "vocab.txt"), do_lower_case=True)
+    return BertTokenizerFast.from_pretrained(str(folder))
 
 
 def tokenize_captions(tokenizer: PreTrainedTokenizerBase, captions: List[str], max_query_len: int,

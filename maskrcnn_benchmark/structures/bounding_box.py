@@ -139,8 +139,9 @@ class BoxList:
         return self._transformed(cropped, (w, h), "xyxy", "crop", box).convert(self.mode)
 
     def clip_to_image(self, remove_empty: bool = True) -> "BoxList":
-        """Clamp x to [0, W-1] and y to [0, H-1] (in place); optionally drop boxes with x2 <= x1 or y2 <= y1."""
+        """Clamp x to [0, W-1] and y to [0, H-1] (in place if xyxy); optionally drop boxes with x2 <= x1 or y2 <= y1."""
         if self.mode != "xyxy":
+            # The official method clamps the raw columns, i.e. w/h as if they were x2/y2; clip the corners instead.
             clipped = self.convert("xyxy").clip_to_image(remove_empty)
             return clipped.convert(self.mode)
         width, height = self.size

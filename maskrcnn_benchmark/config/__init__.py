@@ -1,0 +1,18 @@
+"""The yacs config: every official GLIP key with its official default, plus a few port-specific keys.
+
+Use ``get_cfg_defaults()`` (or ``cfg.clone()``), then ``merge_from_file`` / ``merge_from_list`` as in the
+official tools; ``check_supported(cfg)`` rejects settings that need features this port does not build.
+"""
+from yacs.config import CfgNode
+
+from .compat import check_supported, unsupported_settings
+from .defaults import PORT_KEYS
+from .defaults import _C as cfg
+
+
+def get_cfg_defaults() -> CfgNode:
+    """A fresh, mutable copy of the default config."""
+    return cfg.clone()
+
+
+__all__ = ["PORT_KEYS", "cfg", "check_supported", "get_cfg_defaults", "unsupported_settings"]

@@ -1,0 +1,348 @@
+"""Config keys accepted for compatibility only, and the check that a config asks for nothing unbuilt.
+
+The official GLIP defaults define keys for many features this port does not build (ROI heads, other
+backbones and heads, other language models, extra losses, ...). They are all accepted here, with their
+official defaults, so that every official config file and config dump merges unchanged. Only the GLIP-T
+path (Swin-T + FPN, BERT, VLDyHead with MHA-B fusion and the dot-product token loss, ATSS) is built.
+
+:func:`check_supported` rejects a config that relies on an unbuilt feature: a key below set to a value other
+than its default, or a "choice" key of the built path (architecture, backbone, language model, head options)
+set to a value whose variant is not built.
+"""
+import copy
+from typing import Any, Dict, List, Tuple
+
+from yacs.config import CfgNode as CN
+
+# Feature description -> {section: {key: official default}}. A non-default value is rejected.
+UNBUILT_FEATURES: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "the ROI box head (two-stage detection)": {
+        "MODEL": {"BOX_ON": True},
+        "MODEL.RPN": {"FORCE_BOXES": False, "RETURN_FUSED_FEATURES": False},
+        "MODEL.ROI_HEADS": {
+            "USE_FPN": False, "FG_IOU_THRESHOLD": 0.5, "BG_IOU_THRESHOLD": 0.5,
+            "BBOX_REG_WEIGHTS": (10.0, 10.0, 5.0, 5.0), "BATCH_SIZE_PER_IMAGE": 512, "POSITIVE_FRACTION": 0.25,
+            "SCORE_THRESH": 0.05, "NMS": 0.5,
+        },
+        "MODEL.ROI_BOX_HEAD": {
+            "FEATURE_EXTRACTOR": "ResNet50Conv5ROIFeatureExtractor", "PREDICTOR": "FastRCNNPredictor",
+            "POOLER_RESOLUTION": 14, "POOLER_SAMPLING_RATIO": 0, "POOLER_SCALES": (1.0 / 16,),
+            "MLP_HEAD_DIM": 1024, "USE_GN": False, "DILATION": 1, "CONV_HEAD_DIM": 256, "NUM_STACKED_CONVS": 4,
+        },
+    },
+    "the mask head": {
+        "MODEL": {"MASK_ON": False},
+        "MODEL.ROI_MASK_HEAD": {
+            "FEATURE_EXTRACTOR": "ResNet50Conv5ROIFeatureExtractor", "PREDICTOR": "MaskRCNNC4Predictor",
+            "POOLER_RESOLUTION": 14, "POOLER_SAMPLING_RATIO": 0, "POOLER_SCALES": (1.0 / 16,),
+            "MLP_HEAD_DIM": 1024, "CONV_LAYERS": (256, 256, 256, 256), "RESOLUTION": 14,
+            "SHARE_BOX_FEATURE_EXTRACTOR": True, "POSTPROCESS_MASKS": False, "POSTPROCESS_MASKS_THRESHOLD": 0.5,
+            "DILATION": 1, "USE_GN": False, "HG_SCALE": 1,
+        },
+    },
+    "the keypoint head": {
+        "MODEL": {"KEYPOINT_ON": False},
+        "MODEL.ROI_KEYPOINT_HEAD": {
+            "FEATURE_EXTRACTOR": "KeypointRCNNFeatureExtractor", "PREDICTOR": "KeypointRCNNPredictor",
+            "POOLER_RESOLUTION": 14, "POOLER_SAMPLING_RATIO": 0, "POOLER_SCALES": (1.0 / 16,),
+            "MLP_HEAD_DIM": 1024, "CONV_LAYERS": (512,) * 8, "RESOLUTION": 14, "NUM_CLASSES": 17,
+            "KEYPOINT_NAME": (), "SHARE_BOX_FEATURE_EXTRACTOR": True,
+        },
+        "DATALOADER": {"MIN_KPS_PER_IMS": 0},
+    },
+    "the plain RPN head (proposal sampling and NMS)": {
+        "MODEL.RPN": {
+            "FG_IOU_THRESHOLD": 0.7, "BG_IOU_THRESHOLD": 0.3, "BATCH_SIZE_PER_IMAGE": 256,
+            "POSITIVE_FRACTION": 0.5, "PRE_NMS_TOP_N_TRAIN": 12000, "PRE_NMS_TOP_N_TEST": 6000,
+            "POST_NMS_TOP_N_TRAIN": 2000, "POST_NMS_TOP_N_TEST": 1000, "NMS_THRESH": 0.7, "MIN_SIZE": 0,
+            "FPN_POST_NMS_TOP_N_TRAIN": 2000, "FPN_POST_NMS_TOP_N_TEST": 2000, "RPN_HEAD": "SingleConvRPNHead",
+        },
+    },
+    "the RetinaNet head": {
+        "MODEL.RETINANET": {
+            "NUM_CLASSES": 81, "NUM_CONVS": 4, "PRE_NMS_TOP_N": 1000, "PRIOR_PROB": 0.01, "INFERENCE_TH": 0.05,
+            "NMS_TH": 0.4,
+        },
+        "MODEL.FOCAL": {"BBOX_REG_WEIGHT": 4.0, "BBOX_REG_BETA": 0.11},
+    },
+    "the FCOS head": {
+        "MODEL.RPN": {"ANCHOR_SHIFT": (0.0, 0.0, 0.0, 0.0), "USE_RELATIVE_SIZE": False},  # its anchor generator
+        "MODEL.FCOS": {
+            "FPN_STRIDES": [8, 16, 32, 64, 128], "PRIOR_PROB": 0.01, "INFERENCE_TH": 0.05, "NMS_TH": 0.6,
+            "PRE_NMS_TOP_N": 1000, "NUM_CONVS": 4, "USE_DFCONV": False, "CENTER_SAMPLING_RADIUS": 0.0,
+            "IOU_LOSS_TYPE": "iou", "NORM_REG_TARGETS": False, "CENTERNESS_ON_REG": False, "USE_GT_CENTER": False,
+            "USE_GN": False, "USE_BN": False, "INFERENCE_TH_TRAIN": 0.0, "PRE_NMS_TOP_N_TRAIN": 3000,
+            "POST_NMS_TOP_N_TRAIN": 1000,
+        },
+    },
+    "the ATSS head without language": {
+        "MODEL.ATSS": {
+            "PRIOR_PROB": 0.01, "NUM_CONVS": 4, "CHANNELS": 128, "USE_DFCONV": False, "USE_GN": False,
+            "USE_BN": False, "USE_DYRELU": False, "USE_SE": False,
+        },
+    },
+    "DyHead variants (custom conv function, BatchNorm, cosine classifier)": {
+        "MODEL.DYHEAD": {"CONV_FUNC": "", "USE_NSYNCBN": False, "USE_SYNCBN": False, "COSINE_SCALE": -1.0},
+    },
+    "ResNet backbones": {
+        "MODEL.BACKBONE": {
+            "RESET_BN": False, "NORM_LEVEL": 3, "USE_BN": False, "USE_SYNCBN": False, "USE_NSYNCBN": False,
+        },
+        "MODEL.GROUP_NORM": {"DIM_PER_GP": -1, "EPSILON": 1e-5},  # GroupNorm of the ResNet/FPN conv helpers
+        "MODEL.RESNETS": {
+            "USE_STEM3X3": False, "WITH_SE": False, "USE_AVG_DOWN": False, "NUM_GROUPS": 1, "WIDTH_PER_GROUP": 64,
+            "STRIDE_IN_1X1": True, "TRANS_FUNC": "BottleneckWithFixedBatchNorm",
+            "STEM_FUNC": "StemWithFixedBatchNorm", "RES5_DILATION": 1, "RES2_OUT_CHANNELS": 256,
+            "STEM_OUT_CHANNELS": 64, "STAGE_WITH_DCN": (False, False, False, False), "WITH_MODULATED_DCN": False,
+            "DEFORMABLE_GROUPS": 1,
+        },
+    },
+    "EfficientNet/EfficientDet backbones and BiFPN": {
+        "MODEL.BACKBONE": {"EFFICIENT_DET_START_FROM": 3, "EFFICIENT_DET_COMPOUND": 0},
+        "MODEL.BIFPN": {"NUM_REPEATS": 1, "USE_ATTENTION": True},
+    },
+    "the CvT backbone": {
+        "MODEL": {"SPEC": CN(new_allowed=True)},
+    },
+    "architecture search (evolution)": {
+        "MODEL.BACKBONE": {"LAYER_SETUP": (3, 4, 6, 3), "LAYER_SEARCH": CN(new_allowed=True)},
+        "SEARCH": {
+            "MAX_EPOCH": 20, "SELECT_NUM": 20, "POPULATION_NUM": 64, "MUTATION_NUM": 24, "CROSSOVER_NUM": 24,
+            "MUTATION_PROB": 0.1,
+        },
+    },
+    "FPN variants (GN/ReLU convs, SPP, PAN, DyHead neck, pre-fusion Swin features)": {
+        "MODEL.FPN": {
+            "USE_GN": False, "USE_RELU": False, "USE_SPP": False, "USE_PAN": False, "USE_DYHEAD": False,
+            "RETURN_SWINT_FEATURE_BEFORE_FUSION": False,
+        },
+    },
+    "Swin Transformer v2": {
+        "MODEL.SWINT": {"OUT_NORM": True, "LAYER_SCALE": 0},
+    },
+    "the CLIP language backbone": {
+        "MODEL.LANGUAGE_BACKBONE": {"WEIGHT": ""},
+        "MODEL.CLIP": {
+            "CONTEXT_LENGTH": 256, "WIDTH": 512, "LAYERS": 12, "HEADS": 8, "DROP_PATH": 0.0, "VOCAB_SIZE": 49408,
+        },
+    },
+    "the RNN language backbone": {
+        "MODEL.LANGUAGE_BACKBONE": {
+            "RNN_TYPE": "lstm", "VARIABLE_LENGTH": True, "WORD_EMBEDDING_SIZE": 512, "WORD_VEC_SIZE": 512,
+            "HIDDEN_SIZE": 512, "BIDIRECTIONAL": True, "INPUT_DROPOUT_P": 0.5, "DROPOUT_P": 0.2,
+            "CORPUS_PATH": "", "VOCAB_SIZE": 0,
+        },
+    },
+    "the token classification loss (USE_TOKEN_LOSS)": {
+        "MODEL.DYHEAD.FUSE_CONFIG": {"USE_TOKEN_LOSS": False, "TOKEN_LOSS_WEIGHT": 1.0},
+    },
+    "the contrastive alignment loss": {
+        "MODEL.DYHEAD.FUSE_CONFIG": {
+            "USE_CONTRASTIVE_ALIGN_LOSS": False, "CONTRASTIVE_HIDDEN_DIM": 64, "CONTRASTIVE_ALIGN_LOSS_WEIGHT": 1.0,
+        },
+    },
+    "the MHA-S/SCAN/FILM fusion types": {
+        "MODEL.DYHEAD.FUSE_CONFIG": {"JOINT_OUT_SIZE": 256, "JOINT_EMB_DROPOUT": 0.1, "JOINT_MLP_LAYERS": 2},
+    },
+    "fusion variants (separate bidirectional language projection, 2D stable softmax)": {
+        "MODEL.DYHEAD.FUSE_CONFIG": {
+            "SEPARATE_BIDIRECTIONAL": False, "STABLE_SOFTMAX_2D": False, "DO_LANG_PROJ_OUTSIDE_CHECKPOINT": False,
+        },
+    },
+    "the MLM loss": {
+        "MODEL.DYHEAD.FUSE_CONFIG": {
+            "MLM_LOSS": False, "MLM_LOSS_FOR_ONLY_POSITIVES": True, "NO_MASK_FOR_OD": False,
+            "NO_MASK_FOR_GOLD": False, "MLM_LOSS_COEF": 1.0, "MLM_OBJ_FOR_ONLY_POSITIVE": False,
+        },
+    },
+    "the shallow contrastive losses": {
+        "MODEL.DYHEAD": {"SHALLOW_LOG_SCALE": 0.0},
+        "MODEL.DYHEAD.FUSE_CONFIG": {
+            "USE_SHALLOW_CONTRASTIVE_LOSS": False, "SHALLOW_MAX_POSITIVE_ANCHORS": 100,
+            "USE_SHALLOW_ZERO_PADS": False, "SHALLOW_CONTRASTIVE_HIDDEN_DIM": 64,
+            "SHALLOW_CONTRASTIVE_LOSS_WEIGHT": 1.0, "USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS": False,
+        },
+    },
+    "GLIPKNOW (knowledge-augmented prompts)": {
+        "GLIPKNOW": {
+            "KNOWLEDGE_FILE": "", "KNOWLEDGE_TYPE": "", "MAX_NUM_CLASSES_PER_BATCH_TRAIN": -1,
+            "PARALLEL_LANGUAGE_INPUT": False, "LAN_FEATURE_AGG_TYPE": "first", "GPT3_NUM": 5, "WIKI_AND_GPT3": False,
+        },
+    },
+    "ONNX export of the R-CNN heads": {
+        "MODEL": {"ONNX": False},
+    },
+    "caption (pseudo-labelled image-text) datasets": {
+        "DATASETS": {
+            "BING_INDEX_LIST": [], "CAPTION_MIN_BOX": 1, "REPLACE_CLEAN_LABEL": False, "FURTHER_SCREEN": False,
+            "CAPTION_CONF": 0.9, "CAPTION_NMS": 0.9, "PACK_RANDOM_CAPTION_NUMBER": 0, "INFERENCE_CAPTION": False,
+            "SAMPLE_NEGATIVE_FOR_GROUNDING_DATA": -1.0, "RANDOM_PACK_PROB": -1.0, "NO_RANDOM_PACK_PROBABILITY": 0.0,
+            "SAFEGUARD_POSITIVE_CAPTION": True, "CAPTION_FORMAT_VERSION": "v1", "LOCAL_DEBUG": False,
+        },
+        "DATALOADER": {"DISTRIBUTE_CHUNK_AMONG_NODE": False},
+    },
+    "VQA data": {
+        "DATASETS": {"DIVER_BOX_FOR_VQA": False},
+    },
+    "one-hot class prompts": {
+        "DATASETS": {"ONE_HOT": False, "NO_MINUS_ONE_FOR_ONE_HOT": False},
+    },
+    "alternating / multi-stage training": {
+        "DATASETS": {"ALTERNATIVE_TRAINING": False, "MULTISTAGE_TRAINING": False},
+        "SOLVER": {"MULTI_MAX_ITER": (), "MULTI_MAX_EPOCH": ()},
+    },
+    "multi-scale / flip test-time augmentation": {
+        "TEST": {
+            "USE_MULTISCALE": False,
+            "SCALES": (400, 500, 600, 640, 700, 900, 1000, 1100, 1200, 1300, 1400, 1800),
+            "RANGES": (
+                (96, 10000), (96, 10000), (64, 10000), (64, 10000), (64, 10000), (0, 10000), (0, 10000),
+                (0, 256), (0, 256), (0, 192), (0, 192), (0, 96),
+            ),
+            "MAX_SIZE": 2500, "FLIP": True, "SPECIAL_NMS": "none", "TH": 0.6, "PRE_NMS_TOP_N": 1000,
+            "NUM_CLASSES": 81, "SELECT_CLASSES": (),
+        },
+    },
+}
+
+# {section: {key: official default}} of placeholders: accepted and ignored whatever their value. The official
+# task configs (odinw, lvis, flickr) and evaluation commands set them together with the ATSS/DYHEAD value
+# they mean.
+PLACEHOLDER_KEYS: Dict[str, Dict[str, Any]] = {
+    "MODEL.FCOS": {"NUM_CLASSES": 81, "DETECTIONS_PER_IMG": 100},
+    "MODEL.RETINANET": {"DETECTIONS_PER_IMG": 100},
+    "MODEL.ROI_HEADS": {"DETECTIONS_PER_IMG": 100},
+    "MODEL.ROI_BOX_HEAD": {"NUM_CLASSES": 81},
+}
+
+# {section: {key: official default}} of keys the official code reads nowhere: accepted and ignored whatever
+# their value (the odinw configs set PREDEFINED_TEXT, GLIP-T sets DYHEAD.TOPK; ATSS.TOPK is the one read).
+UNREAD_KEYS: Dict[str, Dict[str, Any]] = {
+    "": {"TENSORBOARD_EXP": "OUTPUT"},
+    "MODEL": {"DEBUG": False, "PRETRAIN_NAME": "", "MULTITASK": CN(new_allowed=True)},
+    "MODEL.BACKBONE": {
+        "GROUP": 1, "USE_GN": False, "USE_EN": False, "USE_DFCONV": False, "USE_DYRELU": False, "USE_SE": False,
+        "FPN_LAYER": (), "EFFICIENT_DET_BIFPN_VERSION": 0,
+    },
+    "MODEL.LANGUAGE_BACKBONE": {"UNUSED_TOKEN": 106},
+    "MODEL.FPN": {"USE_DYRELU": False},
+    "MODEL.EVO_NORM": {"NUM_GROUPS": 8, "EPSILON": 1e-5},
+    "MODEL.DYHEAD": {"GROUPS": 1, "TOPK": 9},
+    "MODEL.ROI_BOX_HEAD": {"POOLER_ALIGNED": False},
+    "MODEL.RESNETS": {"BACKBONE_OUT_CHANNELS": 256 * 4, "REVISION": "resnet_light"},
+    "MODEL.CLIP": {"TOKENIZER": "clip"},
+    "AUGMENT": {"USE_RA": 0},
+    "DATASETS": {
+        "PREDEFINED_TEXT": None, "BOX_THRESHOLD": 0.1, "ADD_DET_PROMPT_ADVANCED": False, "USE_COCO_FORMAT": False,
+        "PROMPT_LIMIT_NEG": -1, "POS_QUESTION_PROB": 0.6, "NEG_QUESTION_PROB": 0.8, "FULL_QUESTION_PROB": 0.5,
+    },
+    "SOLVER": {"DISABLE_OUTPUT_DISTRIBUTED": False, "PROMPT_PROBING_LEVEL": -1.0},
+    "SOLVER.CLIP_GRADIENTS": {"NORM_TYPE": 2.0},  # the official clipping always uses the L2 norm
+}
+
+# Key -> (values whose variant is built, what another value would select).
+SUPPORTED_CHOICES: Dict[str, Tuple[Tuple[Any, ...], str]] = {
+    "MODEL.META_ARCHITECTURE": (("GeneralizedVLRCNN",), "another detector meta-architecture"),
+    "MODEL.RPN_ARCHITECTURE": (("VLDYHEAD",), "another detection head (RPN, RetinaNet, FCOS, ATSS, DyHead)"),
+    "MODEL.RPN_ONLY": ((True,), "ROI heads after the detection head (two-stage detection)"),
+    "MODEL.BACKBONE.CONV_BODY": (("SWINT-FPN-RETINANET",), "another visual backbone"),
+    "MODEL.SWINT.VERSION": (("v1",), "another Swin Transformer version (v2, VL)"),
+    "MODEL.SWINT.APE": ((False,), "the Swin absolute position embedding"),
+    "MODEL.LANGUAGE_BACKBONE.MODEL_TYPE": (("bert-base-uncased",), "another language backbone (RoBERTa, CLIP, RNN)"),
+    "MODEL.LANGUAGE_BACKBONE.TOKENIZER_TYPE": (("bert-base-uncased",), "another tokenizer (RoBERTa, CLIP)"),
+    "MODEL.DYHEAD.USE_GN": ((True,), "a DyHead tower without GroupNorm"),
+    "MODEL.DYHEAD.USE_DYRELU": ((True,), "a DyHead tower without DyReLU"),
+    "MODEL.DYHEAD.USE_DYFUSE": ((True,), "a DyHead tower without scale-aware attention"),
+    "MODEL.DYHEAD.USE_DFCONV": ((True,), "a DyHead tower without deformable convs"),
+    "MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON": ((True,), "a head without image-text fusion (GLIP-A)"),
+    "MODEL.DYHEAD.FUSE_CONFIG.TYPE": (("MHA-B",), "another fusion type (MHA-S, SCAN, FILM, none)"),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_DOT_PRODUCT_TOKEN_LOSS": ((True,), "a head without dot-product token logits"),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT":
+        ((True,), "dot-product logits on language features before the last fusion (GLIP-A)"),
+}
+
+
+def _node(cfg: CN, section: str) -> CN:
+    """The sub-node of `cfg` at dotted `section` ("" = root), created where missing."""
+    node = cfg
+    for name in filter(None, section.split(".")):
+        if name not in node:
+            node[name] = CN()
+        node = node[name]
+    return node
+
+
+def _add(cfg: CN, table: Dict[str, Dict[str, Any]]) -> None:
+    """Add the {section: {key: default}} table to `cfg`, refusing to redefine a key."""
+    for section, keys in table.items():
+        node = _node(cfg, section)
+        for key, default in keys.items():
+            if key in node:
+                raise KeyError(f"config key defined twice: {_full_key(section, key)}")
+            node[key] = copy.deepcopy(default)
+
+
+def add_compatibility_keys(cfg: CN) -> None:
+    """Add the keys of unbuilt features, the placeholders and the unread keys, with official defaults, to `cfg`."""
+    for sections in UNBUILT_FEATURES.values():
+        _add(cfg, sections)
+    _add(cfg, PLACEHOLDER_KEYS)
+    _add(cfg, UNREAD_KEYS)
+
+
+def _full_key(section: str, key: str) -> str:
+    """The dotted key path of `key` in `section`."""
+    return ".".join(filter(None, section.split(".") + [key]))
+
+
+_MISSING = object()
+
+
+def _lookup(cfg: CN, full_key: str) -> Any:
+    """The value at dotted `full_key`, or _MISSING when `cfg` lacks it (a partial config)."""
+    node = cfg
+    for name in full_key.split("."):
+        if not isinstance(node, dict) or name not in node:
+            return _MISSING
+        node = node[name]
+    return node
+
+
+def _canonical(value: Any) -> Any:
+    """Tuples and lists compare equal, recursively (a merged or dumped config may hold either)."""
+    if isinstance(value, (tuple, list)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _differs(value: Any, default: Any) -> bool:
+    """Whether `value` is a setting other than the official `default`."""
+    if isinstance(default, CN):  # an open section (new_allowed): anything in it is a setting
+        return len(value) > 0
+    return _canonical(value) != _canonical(default)
+
+
+def unsupported_settings(cfg: CN) -> List[str]:
+    """One message per setting of `cfg` that needs a feature this port does not build (empty if none)."""
+    problems = []
+    for full_key, (supported, selects) in SUPPORTED_CHOICES.items():
+        value = _lookup(cfg, full_key)
+        if value is not _MISSING and value not in supported:
+            problems.append(f"{full_key} = {value!r} selects {selects}, which this port does not build; "
+                            f"supported: {', '.join(repr(v) for v in supported)}")
+    for feature, sections in UNBUILT_FEATURES.items():
+        for section, keys in sections.items():
+            for key, default in keys.items():
+                full_key = _full_key(section, key)
+                value = _lookup(cfg, full_key)
+                if value is not _MISSING and _differs(value, default):
+                    problems.append(f"{full_key} = {value!r} configures {feature}, which this port does not "
+                                    f"build; leave it at its default {default!r}")
+    return problems
+
+
+def check_supported(cfg: CN) -> None:
+    """Raise ValueError naming every key, value and feature of `cfg` that this port does not build."""
+    problems = unsupported_settings(cfg)
+    if problems:
+        raise ValueError("Unsupported config settings:\n  " + "\n  ".join(problems))

@@ -1,0 +1,120 @@
+"""The whole small GLIP model against the official implementation's outputs, losses and gradients."""
+import math
+
+import pytest
+import torch
+
+from conftest import FIXTURES, SMALL
+from maskrcnn_benchmark.config import get_cfg_defaults
+from maskrcnn_benchmark.modeling.detector import build_detection_model
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.image_list import ImageList
+
+
+def small_cfg():
+    """The small golden config merged into the project's defaults, with its BERT config folder."""
+    cfg = get_cfg_defaults()
+    cfg.merge_from_file(str(SMALL / "config.yaml"))
+    cfg.MODEL.LANGUAGE_BACKBONE.MODEL_PATH = str(SMALL / "bert")
+    cfg.MODEL.DYHEAD.FUSE_CONFIG.ATTN_DROPOUT = 0.0  # the fixture was made with the fusion dropout set to 0
+    cfg.freeze()
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def small_model(small_state_dict):
+    torch.manual_seed(0)
+    model = build_detection_model(small_cfg())
+    model.load_state_dict(small_state_dict, strict=True)
+    return model
+
+
+def _image_list(case) -> ImageList:
+    inputs = case["inputs"]
+    return ImageList(inputs["image_list_tensors"].clone(), [tuple(s) for s in inputs["image_sizes_hw"]])
+
+
+def _eval_forward(model, case):
+    model.eval()
+    given = case["inputs"]["eval"]
+    with torch.no_grad():
+        return model(_image_list(case), captions=given["captions"],
+                     positive_map=given["positive_map_label_to_token"])
+
+
+def _assert_same_detections(got: BoxList, expected: dict) -> None:
+    assert len(got) == len(expected["scores"])
+    order_got = torch.argsort(got.get_field("scores"), descending=True)
+    order_exp = torch.argsort(expected["scores"], descending=True)
+    torch.testing.assert_close(got.get_field("scores")[order_got], expected["scores"][order_exp],
+                               atol=1e-3, rtol=0)
+    # Match every expected detection to a predicted one with the same label and (almost) the same box.
+    boxes, labels = got.bbox, got.get_field("labels")
+    for box, label in zip(expected["boxes_xyxy"], expected["labels"]):
+        same = (labels == label) & ((boxes - box).abs().max(dim=1).values < 1e-3)
+        assert same.any(), f"no detection for label {int(label)} box {box.tolist()}"
+
+
+def test_state_dict_of_full_glip_t_matches_official():
+    cfg = get_cfg_defaults()
+    cfg.merge_from_file("configs/pretrain/glip_Swin_T_O365_GoldG.yaml")
+    cfg.MODEL.WEIGHT = ""
+    model = build_detection_model(cfg)
+    rows = (FIXTURES / "glip_t_state_dict.tsv").read_text().strip().splitlines()[1:]
+    expected = [tuple(r.split("\t")) for r in rows]
+    got = [(k, str(list(v.shape)), str(v.dtype)) for k, v in model.state_dict().items()]
+    assert sorted(got) == sorted(expected)
+    assert sum(p.numel() for p in model.parameters()) == 231_780_222
+
+
+def test_eval_predictions_match_official(small_model, small_case):
+    detections = _eval_forward(small_model, small_case)
+    expected = small_case["eval"]["predictions"]
+    assert len(detections) == len(expected)
+    for got, exp in zip(detections, expected):
+        assert tuple(got.size) == tuple(exp["image_size_wh"])
+        _assert_same_detections(got, exp)
+
+
+def test_two_eval_forwards_are_identical(small_model, small_case):
+    first = _eval_forward(small_model, small_case)
+    second = _eval_forward(small_model, small_case)
+    for a, b in zip(first, second):
+        assert torch.equal(a.bbox, b.bbox)
+        assert torch.equal(a.get_field("scores"), b.get_field("scores"))
+        assert torch.equal(a.get_field("labels"), b.get_field("labels"))
+
+
+def _train_targets(case):
+    targets = []
+    for t in case["inputs"]["train"]["targets"]:
+        box = BoxList(t["boxes_xyxy"].clone(), tuple(t["image_size_wh"]), mode="xyxy")
+        box.add_field("labels", t["labels"].clone())
+        targets.append(box)
+    return targets
+
+
+def test_train_losses_and_gradients_match_official(small_model, small_case):
+    small_model.train()
+    small_model.zero_grad(set_to_none=True)
+    given = small_case["inputs"]["train"]
+    losses = small_model(_image_list(small_case), targets=_train_targets(small_case),
+                         captions=given["captions"], positive_map=given["positive_map"].clone())
+    expected = small_case["train"]["losses"]
+    assert set(losses) == set(expected)
+    for name, value in expected.items():
+        assert math.isclose(float(losses[name]), value, rel_tol=1e-4, abs_tol=1e-7), (name, float(losses[name]), value)
+    total = sum(losses.values())
+    assert math.isclose(float(total), small_case["train"]["total_loss"], rel_tol=1e-4)
+    total.backward()
+    params = dict(small_model.named_parameters())
+    without_grad = sorted(n for n, p in params.items() if p.grad is None)
+    assert without_grad == sorted(small_case["train"]["params_without_grad"])
+    mismatched = []
+    for name, norm in small_case["train"]["grad_l2_norms"].items():
+        got = float(params[name].grad.norm())
+        if not math.isclose(got, norm, rel_tol=1e-3, abs_tol=1e-9):
+            mismatched.append((name, got, norm))
+    assert not mismatched, mismatched[:10]
+    for name, grad in small_case["train"]["selected_grads"].items():
+        torch.testing.assert_close(params[name].grad, grad, rtol=1e-3, atol=1e-6 * float(grad.abs().max()) + 1e-9)

@@ -63,6 +63,9 @@ class GeneralizedVLRCNN(nn.Module):
             for name, p in self.rpn.named_parameters():
                 if not any(key in name for key in self._LINEAR_PROB_TRAINABLE):
                     p.requires_grad = False
+        if hasattr(self.rpn, "tunable_linear"):
+            # Prompt tuning trains this layer even when everything else is frozen.
+            self.rpn.tunable_linear.weight.requires_grad = True
 
     def train(self, mode: bool = True) -> "GeneralizedVLRCNN":
         """Switch mode while keeping frozen parts frozen and in eval mode."""

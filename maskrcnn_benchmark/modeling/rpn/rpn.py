@@ -14,16 +14,24 @@ from .inference import make_atss_postprocessor
 from .loss import make_atss_loss_evaluator
 from .vldyhead import build_vldyhead
 
+# Number of token positions the official prompt-tuning layer holds.
+PROMPT_TUNING_POSITIONS = 1000
+
 
 class VLDyHeadModule(nn.Module):
     """Runs the head on the FPN features, then computes the losses (training) or the detections (eval)."""
 
-    def __init__(self, head: nn.Module, anchor_generator: nn.Module, loss_evaluator, box_selector: nn.Module):
+    def __init__(self, head: nn.Module, anchor_generator: nn.Module, loss_evaluator, box_selector: nn.Module,
+                 prompt_tuning_dim: int = 0):
         super().__init__()
         self.head = head
         self.anchor_generator = anchor_generator
         self.loss_evaluator = loss_evaluator
         self.box_selector_test = box_selector
+        if prompt_tuning_dim:
+            # Prompt tuning (FUSE_CONFIG.ADD_LINEAR_LAYER): a learnt offset per token position, zero at start.
+            self.tunable_linear = nn.Linear(prompt_tuning_dim, PROMPT_TUNING_POSITIONS, bias=False)
+            nn.init.zeros_(self.tunable_linear.weight)
 
     def forward(
         self,
@@ -34,6 +42,8 @@ class VLDyHeadModule(nn.Module):
         positive_map: Union[torch.Tensor, Dict[int, List[int]], None] = None,
     ) -> Tuple[Optional[List[BoxList]], Dict[str, torch.Tensor]]:
         """Detections and an empty dict in eval mode; None and the loss dict in training mode."""
+        if hasattr(self, "tunable_linear"):
+            language_dict_features = self._add_prompt_offsets(language_dict_features)
         outputs = self.head(features, language_dict_features)
         anchors = self.anchor_generator(images, features)
         if self.training:
@@ -46,6 +56,14 @@ class VLDyHeadModule(nn.Module):
             outputs.box_regression, outputs.centerness, anchors, outputs.dot_product_logits, positive_map
         )
         return boxes, {}
+
+    def _add_prompt_offsets(self, language_dict_features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        num_tokens = language_dict_features["hidden"].shape[1]
+        if num_tokens > PROMPT_TUNING_POSITIONS:
+            raise ValueError(f"Prompt tuning supports {PROMPT_TUNING_POSITIONS} tokens, got {num_tokens}.")
+        offsets = self.tunable_linear.weight[:num_tokens].unsqueeze(0)
+        return {**language_dict_features, "embedded": language_dict_features["embedded"] + offsets,
+                "hidden": language_dict_features["hidden"] + offsets}
 
 
 def build_rpn(cfg, language_config) -> VLDyHeadModule:
@@ -60,4 +78,5 @@ def build_rpn(cfg, language_config) -> VLDyHeadModule:
         anchor_generator=make_anchor_generator_complex(cfg),
         loss_evaluator=make_atss_loss_evaluator(cfg, box_coder),
         box_selector=make_atss_postprocessor(cfg, box_coder, is_train=False),
+        prompt_tuning_dim=cfg.MODEL.LANGUAGE_BACKBONE.LANG_DIM if cfg.MODEL.DYHEAD.FUSE_CONFIG.ADD_LINEAR_LAYER else 0,
     )

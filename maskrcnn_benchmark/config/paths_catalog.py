@@ -1,0 +1,80 @@
+"""Catalog of the COCO-format datasets known by name, and the search for their files on disk."""
+import os
+from typing import Dict, Mapping, Optional, Sequence
+
+# Folders searched, in order, for a relative dataset path (after "./" and the DATASET environment variable).
+DEFAULT_SEARCH_PATH = ("./DATASET", "./OUTPUT", "./data", "./MODEL")
+
+
+def search_folders(search_path: Sequence[str] = DEFAULT_SEARCH_PATH) -> list:
+    """The folders `try_to_find` looks in: ./, then $DATASET when set, then `search_path`."""
+    folders = ["./"]
+    if "DATASET" in os.environ:
+        folders.append(os.environ["DATASET"])
+    return folders + list(search_path)
+
+
+def try_to_find(file: str, return_dir: bool = False, search_path: Sequence[str] = DEFAULT_SEARCH_PATH) -> str:
+    """Path of `file` (or the folder holding it when `return_dir`) in the first search folder where it exists.
+
+    Absolute paths and "catalog://" names are returned as they are (an absolute path must exist).
+    """
+    if not file or file.startswith("catalog://"):
+        return file
+    folders = search_folders(search_path)
+    for folder in folders:
+        if os.path.exists(os.path.join(folder, file)):
+            return folder if return_dir else os.path.join(folder, file)
+    raise FileNotFoundError(
+        f"Cannot find {file!r} in any of {folders}. Set the DATASET environment variable to the folder that "
+        "holds it (see DATA.md), or register the dataset with absolute paths in DATASETS.REGISTER."
+    )
+
+
+class DatasetCatalog:
+    """Official dataset names (COCO-format ones) -> image folder and annotation file, relative to the data root.
+
+    Names containing "_grounding" build the training dataset that turns detection boxes into grounding targets
+    (`CocoGrounding`); other names build the detection dataset used for evaluation (`COCODataset`).
+    """
+
+    DATASETS: Dict[str, Dict[str, str]] = {
+        "coco_grounding_train": {
+            "img_dir": "coco/train2017",
+            "ann_file": "coco/annotations/instances_train2017.json",
+        },
+        "coco_2017_train": {"img_dir": "coco/train2017", "ann_file": "coco/annotations/instances_train2017.json"},
+        "coco_2017_val": {"img_dir": "coco/val2017", "ann_file": "coco/annotations/instances_val2017.json"},
+        "coco_2017_test": {"img_dir": "coco/test2017", "ann_file": "coco/annotations/image_info_test-dev2017.json"},
+        "coco_2014_train": {"img_dir": "coco/train2014", "ann_file": "coco/annotations/instances_train2014.json"},
+        "coco_2014_val": {"img_dir": "coco/val2014", "ann_file": "coco/annotations/instances_val2014.json"},
+        "coco_2014_minival": {
+            "img_dir": "coco/val2014",
+            "ann_file": "coco/annotations/instances_minival2014.json",
+        },
+    }
+
+    @staticmethod
+    def set(name: str, info: Mapping[str, str]) -> None:
+        """Add or replace a catalog entry (process-wide; `get(..., registered=)` avoids the global change)."""
+        DatasetCatalog.DATASETS.update({name: dict(info)})
+
+    @staticmethod
+    def get(name: str, registered: Optional[Mapping[str, Mapping[str, str]]] = None) -> dict:
+        """{"factory": dataset class name, "args": {...}} for a catalog name or a name in `registered`."""
+        registered = registered or {}
+        attrs = registered.get(name) or DatasetCatalog.DATASETS.get(name)
+        if attrs is None:
+            known = sorted(set(DatasetCatalog.DATASETS) | set(registered))
+            raise KeyError(
+                f"Dataset not available: {name!r}. Known names: {known}. Any COCO-format folder can be added "
+                "with DATASETS.REGISTER (name: {img_dir, ann_file}), see DATA.md."
+            )
+        missing = {"img_dir", "ann_file"} - set(attrs)
+        if missing:
+            raise ValueError(f"Dataset {name!r} needs the entries {sorted(missing)} (got {dict(attrs)}).")
+        img_dir = try_to_find(attrs["img_dir"])
+        ann_file = try_to_find(attrs["ann_file"])
+        if "_grounding" in name:
+            return {"factory": "CocoGrounding", "args": {"img_folder": img_dir, "ann_file": ann_file}}
+        return {"factory": "COCODataset", "args": {"root": img_dir, "ann_file": ann_file}}

@@ -452,3 +452,23 @@ def test_override_category_json_and_caption_prompt_file(data_root, tmp_path):
     _, target, _ = make_data_loader(cfg, is_train=True).dataset[1]
     assert target.get_field("caption") == "a lamp. a auto. a rat. a human. a food"
     assert target.get_field("tokens_positive") == [[[25, 30]], [[10, 14]], [[2, 6]]]
+
+
+def test_grouped_batches_with_empty_groups_and_padded_repeats():
+    """A rank's share may miss a whole aspect-ratio group and may repeat indices (distributed padding)."""
+    from torch.utils.data import Sampler
+
+    from maskrcnn_benchmark.data.samplers import GroupedBatchSampler
+
+    class Fixed(Sampler):
+        def __init__(self, order):
+            self.order = order
+
+        def __iter__(self):
+            return iter(self.order)
+
+        def __len__(self):
+            return len(self.order)
+
+    assert list(GroupedBatchSampler(Fixed([0, 2]), [0, 1, 0], 1)) == [[0], [2]]
+    assert list(GroupedBatchSampler(Fixed([3, 1, 0, 3, 2]), [0, 1, 0, 1], 2)) == [[3, 1], [0, 2], [3]]

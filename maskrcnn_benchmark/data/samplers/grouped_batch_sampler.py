@@ -25,18 +25,16 @@ class GroupedBatchSampler(BatchSampler):
         self._batches = None
 
     def _prepare_batches(self) -> List[List[int]]:
+        # Work on sampler positions, not dataset indices: a distributed sampler pads its share with repeats.
         sampled = torch.as_tensor(list(self.sampler), dtype=torch.int64)
-        # Position of each dataset index in the sampled order (-1: not sampled, e.g. another process's share).
-        order = torch.full((len(self.group_ids),), -1, dtype=torch.int64)
-        order[sampled] = torch.arange(len(sampled))
+        positions = torch.arange(len(sampled))
+        sampled_groups = self.group_ids[sampled] if len(sampled) else sampled
         batches = []
         for group in self.groups:
-            members = (self.group_ids == group) & (order >= 0)
-            in_sampler_order = sampled[order[members].sort()[0]]
-            batches.extend(in_sampler_order.split(self.batch_size))
-        position = {index: pos for pos, index in enumerate(sampled.tolist())}
-        batches.sort(key=lambda batch: position[batch[0].item()])
-        batches = [batch.tolist() for batch in batches]
+            members = positions[sampled_groups == group]
+            batches.extend(chunk for chunk in members.split(self.batch_size) if len(chunk))
+        batches.sort(key=lambda chunk: chunk[0].item())
+        batches = [sampled[chunk].tolist() for chunk in batches]
         if self.drop_uneven:
             batches = [batch for batch in batches if len(batch) == self.batch_size]
         return batches

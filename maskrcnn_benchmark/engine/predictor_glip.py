@@ -1,0 +1,119 @@
+"""Inference API: detect the phrases of a text prompt in one image (the role of the official GLIPDemo)."""
+import logging
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from maskrcnn_benchmark.data.transforms import build_transforms
+from maskrcnn_benchmark.modeling.detector import build_detection_model
+from maskrcnn_benchmark.modeling.language_backbone import build_tokenizer, tokenize_captions
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.image_list import to_image_list
+from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer
+
+from maskrcnn_benchmark.data.datasets.positive_maps import create_positive_dict
+
+from .inference import CharSpan, LabelToTokens, check_prompt_fits
+
+logger = logging.getLogger(__name__)
+
+# Between the names of a list prompt, as in the official demo (which also ends the caption with it).
+NAME_SEPARATOR = " . "
+
+ImageInput = Union[Image.Image, np.ndarray]
+
+
+def build_caption(caption: Union[str, Sequence[str]]) -> Tuple[str, List[str], List[List[CharSpan]]]:
+    """The caption string, its phrases and each phrase's char spans.
+
+    A list of names becomes "name1 . name2 . " (the official demo's list prompt), one phrase per name. A string
+    is used as is; its phrases are its "."-separated parts (the official demo finds noun phrases with NLTK,
+    which this project does not depend on; pass a list of names to choose the phrases).
+    """
+    if isinstance(caption, str):
+        phrases, spans, start = [], [], 0
+        for part in caption.split("."):
+            stripped = part.strip()
+            if stripped:
+                begin = start + part.index(stripped)
+                phrases.append(stripped)
+                spans.append([(begin, begin + len(stripped))])
+            start += len(part) + 1
+        return caption, phrases, spans
+    names = [str(name) for name in caption]
+    text, spans = "", []
+    for name in names:
+        spans.append([(len(text), len(text) + len(name))])
+        text += name + NAME_SEPARATOR
+    return text, names, spans
+
+
+def _to_pil(image: ImageInput) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 (H, W, 3) array, got {array.dtype} {array.shape}")
+    return Image.fromarray(array, mode="RGB")
+
+
+class GLIPPredictor:
+    """Runs a GLIP model on an RGB image and a prompt; boxes come back in the image's own pixel coordinates."""
+
+    def __init__(self, cfg, model: Optional[nn.Module] = None, weight: Optional[str] = None):
+        self.cfg = cfg.clone()
+        self.device = torch.device(cfg.MODEL.DEVICE)
+        if model is None:
+            model = build_detection_model(cfg)
+            DetectronCheckpointer(cfg, model).load(weight or cfg.MODEL.WEIGHT, force=True)
+        self.model = model.to(self.device)
+        self.model.eval()
+        self.transforms = build_transforms(cfg, is_train=False)
+        self.tokenizer = build_tokenizer(cfg)
+        self.size_divisibility = cfg.DATALOADER.SIZE_DIVISIBILITY
+        self.max_query_len = cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN
+        self.pad_max = cfg.MODEL.LANGUAGE_BACKBONE.PAD_MAX
+
+    def prompt(self, caption: Union[str, Sequence[str]]) -> Tuple[str, List[str], LabelToTokens]:
+        """Caption string, phrase names (label i is names[i-1]) and the label -> token indices map."""
+        text, names, spans = build_caption(caption)
+        tokenized = self.tokenizer(text, return_tensors="pt")
+        label_to_tokens = create_positive_dict(tokenized, spans, range(1, len(names) + 1))
+        check_prompt_fits(label_to_tokens, self.max_query_len, text)
+        return text, names, label_to_tokens
+
+    @torch.no_grad()
+    def predict(self, image: ImageInput, caption: Union[str, Sequence[str]], threshold: float = 0.5) -> BoxList:
+        """Detections scoring above `threshold`, best first, with fields scores, labels and label_names (list)."""
+        pil_image = _to_pil(image)
+        text, names, label_to_tokens = self.prompt(caption)
+        if not label_to_tokens:
+            raise ValueError(f"No phrase of the prompt {caption!r} maps to a token.")
+        image_tensor = self.transforms(pil_image)
+        images = to_image_list([image_tensor], self.size_divisibility).to(self.device)
+        tokenized = tokenize_captions(self.tokenizer, [text], self.max_query_len, self.pad_max).to(self.device)
+        prediction = self.model(images, captions=[text], positive_map=label_to_tokens, tokenized=tokenized)[0]
+        prediction = prediction.to("cpu").resize(pil_image.size)
+        scores = prediction.get_field("scores")
+        prediction = prediction[scores > threshold]
+        prediction = prediction[prediction.get_field("scores").argsort(descending=True)]
+        prediction.add_field("label_names", [names[label - 1] for label in prediction.get_field("labels").tolist()])
+        return prediction
+
+
+def draw_predictions(image: ImageInput, prediction: BoxList, color: Tuple[int, int, int] = (255, 0, 0),
+                     width: int = 2) -> Image.Image:
+    """A copy of the image with each box and its "name:score" label drawn."""
+    canvas = _to_pil(image).copy()
+    draw = ImageDraw.Draw(canvas)
+    names = prediction.get_field("label_names") if prediction.has_field("label_names") else None
+    boxes = prediction.convert("xyxy").bbox.tolist()
+    scores = prediction.get_field("scores").tolist()
+    for k, (box, score) in enumerate(zip(boxes, scores)):
+        draw.rectangle(box, outline=color, width=width)
+        name = names[k] if names is not None else "object"
+        draw.text((box[0] + width, box[1] + width), f"{name}:{score:.2f}", fill=color)
+    return canvas

@@ -1,0 +1,50 @@
+"""Detect the phrases of a prompt in an image and save the image with the labelled boxes drawn.
+
+    python tools/demo.py IMAGE "person. dog. bicycle" --config-file CONFIG --weight CHECKPOINT --out out.png
+"""
+import argparse
+import logging
+from typing import List, Optional
+
+from PIL import Image
+
+from maskrcnn_benchmark.config import cfg as default_cfg
+from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor, draw_predictions
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Image, prompt, model and output flags; trailing KEY VALUE pairs override the config."""
+    parser = argparse.ArgumentParser(description="GLIP demo: grounded detection on one image")
+    parser.add_argument("image", help="input image file")
+    parser.add_argument("prompt", help='caption; its "."-separated parts are the phrases to detect')
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
+    parser.add_argument("--weight", default=None, metavar="FILE", help="checkpoint (else MODEL.WEIGHT)")
+    parser.add_argument("--out", default="demo.png", help="output PNG file")
+    parser.add_argument("--threshold", type=float, default=0.5, help="keep detections scoring above this")
+    parser.add_argument("opts", help="Modify config options using the command-line (KEY VALUE pairs)",
+                        nargs="*")
+    # Intermixed: the flags may follow the image and prompt, and the KEY VALUE pairs may follow the flags.
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Run the predictor on the image and write the drawn result."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    cfg = default_cfg.clone()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    predictor = GLIPPredictor(cfg, weight=args.weight)
+    with Image.open(args.image) as img:
+        image = img.convert("RGB")
+    prediction = predictor.predict(image, args.prompt, threshold=args.threshold)
+    for name, score, box in zip(prediction.get_field("label_names"), prediction.get_field("scores").tolist(),
+                                prediction.bbox.tolist()):
+        logging.info("%s %.3f %s", name, score, [round(v, 1) for v in box])
+    draw_predictions(image, prediction).save(args.out, format="PNG")
+    logging.info("Wrote %s (%d boxes)", args.out, len(prediction))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Evaluate a GLIP model on the detection datasets of DATASETS.TEST (COCO box AP with the class-name prompt).
+
+    python tools/test_grounding_net.py --config-file CONFIG --weight CHECKPOINT [--task_config T1,T2] KEY VALUE ...
+
+Several processes (torchrun) split the images; rank 0 gathers the detections and evaluates. Results go to
+OUTPUT_DIR/inference/<dataset>/ (OUTPUT_DIR/eval/<weight name>/inference/<dataset>/ with --weight).
+"""
+import argparse
+import os
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from maskrcnn_benchmark.config import cfg as default_cfg
+from maskrcnn_benchmark.data import make_data_loader
+from maskrcnn_benchmark.engine.inference import inference
+from maskrcnn_benchmark.modeling.detector import build_detection_model
+from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer
+from maskrcnn_benchmark.utils.comm import get_rank, synchronize
+from maskrcnn_benchmark.utils.logger import setup_logger
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The official command-line flags; trailing KEY VALUE pairs override the config."""
+    parser = argparse.ArgumentParser(description="PyTorch Detection to Grounding Inference")
+    parser.add_argument("--config-file", default="configs/pretrain/glip_Swin_T_O365_GoldG.yaml", metavar="FILE",
+                        help="path to config file")
+    parser.add_argument("--weight", default=None, metavar="FILE", help="checkpoint to evaluate (else MODEL.WEIGHT)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    parser.add_argument("--world-size", default=1, type=int, help="number of distributed processes")
+    parser.add_argument("--dist-url", default="env://", help="url used to set up distributed inference")
+    parser.add_argument("--task_config", default=None, help="comma-separated configs, each evaluated in turn")
+    parser.add_argument("opts", help="Modify config options using the command-line", default=None,
+                        nargs=argparse.REMAINDER)
+    return parser.parse_args(argv)
+
+
+def init_distributed(dist_url: str) -> bool:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK); False for a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not torch.distributed.is_initialized():
+        use_cuda = torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=dist_url)
+    synchronize()
+    return True
+
+
+def evaluate_datasets(model: nn.Module, cfg, log_dir: str, distributed: bool) -> Dict[str, object]:
+    """Run `inference` on every dataset of cfg.DATASETS.TEST; dataset name -> its result (None off rank 0)."""
+    dataset_names = list(cfg.DATASETS.TEST)
+    if dataset_names and isinstance(dataset_names[0], (list, tuple)):
+        dataset_names = [name for group in dataset_names for name in group]
+    output_folders = [os.path.join(log_dir, "inference", name) if log_dir else None for name in dataset_names]
+    for folder in output_folders:
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+    data_loaders = make_data_loader(cfg, is_train=False, is_distributed=distributed)
+    # Proposal evaluation only applies to RPN-only detectors; GLIP's head gives final detections.
+    box_only = cfg.MODEL.RPN_ONLY and (cfg.MODEL.RPN_ARCHITECTURE == "RPN" or cfg.DATASETS.CLASS_AGNOSTIC)
+    results = {}
+    for folder, name, data_loader in zip(output_folders, dataset_names, data_loaders):
+        results[name] = inference(
+            model, data_loader, dataset_name=name, iou_types=("bbox",), box_only=box_only,
+            device=cfg.MODEL.DEVICE, expected_results=cfg.TEST.EXPECTED_RESULTS,
+            expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL, output_folder=folder, cfg=cfg,
+        )
+        synchronize()
+    return results
+
+
+def main(argv: Optional[List[str]] = None, model: Optional[nn.Module] = None) -> Dict[str, object]:
+    """Evaluate as the command line says; `model` replaces the built and loaded detector (for tests)."""
+    args = parse_args(argv)
+    distributed = init_distributed(args.dist_url)
+    cfg = default_cfg.clone()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+
+    log_dir = cfg.OUTPUT_DIR
+    if args.weight:
+        log_dir = os.path.join(log_dir, "eval", os.path.splitext(os.path.basename(args.weight))[0])
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+    logger = setup_logger("maskrcnn_benchmark", log_dir, get_rank())
+    logger.info(args)
+    logger.info("Using %d processes", int(os.environ.get("WORLD_SIZE", "1")))
+    logger.info(cfg)
+
+    if model is None:
+        model = build_detection_model(cfg)
+        model.to(cfg.MODEL.DEVICE)
+        checkpointer = DetectronCheckpointer(cfg, model, save_dir=cfg.OUTPUT_DIR)
+        # As official: --weight is loaded as given; otherwise OUTPUT_DIR's last checkpoint wins over MODEL.WEIGHT.
+        if args.weight:
+            checkpointer.load(args.weight, force=True)
+        else:
+            checkpointer.load(cfg.MODEL.WEIGHT)
+
+    if not args.task_config:
+        return evaluate_datasets(model, cfg, log_dir, distributed)
+    results = {}
+    for task_config in args.task_config.split(","):
+        task_cfg = cfg.clone()
+        task_cfg.defrost()
+        task_cfg.merge_from_file(task_config)
+        task_cfg.merge_from_list(args.opts)
+        results.update(evaluate_datasets(model, task_cfg, log_dir, distributed))
+    return results
+
+
+if __name__ == "__main__":
+    main()

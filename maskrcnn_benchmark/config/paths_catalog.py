@@ -73,8 +73,22 @@ class DatasetCatalog:
         missing = {"img_dir", "ann_file"} - set(attrs)
         if missing:
             raise ValueError(f"Dataset {name!r} needs the entries {sorted(missing)} (got {dict(attrs)}).")
+        if "synthetic_root" in attrs:
+            ensure_synthetic_dataset(attrs)
         img_dir = try_to_find(attrs["img_dir"])
         ann_file = try_to_find(attrs["ann_file"])
         if "_grounding" in name:
             return {"factory": "CocoGrounding", "args": {"img_folder": img_dir, "ann_file": ann_file}}
         return {"factory": "COCODataset", "args": {"root": img_dir, "ann_file": ann_file}}
+
+
+def ensure_synthetic_dataset(attrs: Mapping[str, object]) -> None:
+    """Write the synthetic dataset of a REGISTER entry (`synthetic_root`, `synthetic_seed`) when it is absent."""
+    try:
+        try_to_find(str(attrs["ann_file"]))
+        return
+    except FileNotFoundError:
+        pass
+    from maskrcnn_benchmark.data.datasets.synthetic import generate_synthetic_dataset
+
+    generate_synthetic_dataset(str(attrs["synthetic_root"]), seed=int(attrs.get("synthetic_seed", 0)))

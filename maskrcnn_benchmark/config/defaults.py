@@ -318,6 +318,15 @@ _C.MODEL.DYHEAD.FUSE_CONFIG.ATTN_DROPOUT = 0.1
 _C.MODEL.DYHEAD.FUSE_CONFIG.ATTN_EMBED_DIM = 2048
 # Number of heads of the fusion attention (the official code hard-codes 8).
 _C.MODEL.DYHEAD.FUSE_CONFIG.ATTN_NUM_HEADS = 8
+# Training loop: log every LOG_PERIOD iterations (hard-coded 20 officially); keep only the newest
+# KEEP_LAST_CHECKPOINTS periodic checkpoints (0 = keep all); skip steps whose loss is NaN/Inf instead of stopping.
+_C.SOLVER.LOG_PERIOD = 20
+_C.SOLVER.KEEP_LAST_CHECKPOINTS = 0
+_C.SOLVER.SKIP_NONFINITE_STEPS = False
+# Evaluate DATASETS.TEST after training (officially: unless --skip-test), and every EVAL_PERIOD iterations when
+# TEST.DURING_TRAINING (0 = at each checkpoint).
+_C.TEST.AFTER_TRAINING = True
+_C.TEST.EVAL_PERIOD = 0
 
 PORT_KEYS = (
     "MODEL.LANGUAGE_BACKBONE.MODEL_PATH",
@@ -325,4 +334,9 @@ PORT_KEYS = (
     "MODEL.DYHEAD.FUSE_CONFIG.ATTN_DROPOUT",
     "MODEL.DYHEAD.FUSE_CONFIG.ATTN_EMBED_DIM",
     "MODEL.DYHEAD.FUSE_CONFIG.ATTN_NUM_HEADS",
+    "SOLVER.LOG_PERIOD",
+    "SOLVER.KEEP_LAST_CHECKPOINTS",
+    "SOLVER.SKIP_NONFINITE_STEPS",
+    "TEST.AFTER_TRAINING",
+    "TEST.EVAL_PERIOD",
 )

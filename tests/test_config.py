@@ -254,7 +254,7 @@ def test_port_keys_exist_with_their_defaults():
                          "SOLVER.KEEP_LAST_CHECKPOINTS", "SOLVER.SKIP_NONFINITE_STEPS", "TEST.AFTER_TRAINING",
                          "TEST.EVAL_PERIOD")
     assert (cfg.SOLVER.LOG_PERIOD, cfg.SOLVER.KEEP_LAST_CHECKPOINTS, cfg.SOLVER.SKIP_NONFINITE_STEPS) == (20, 0, False)
-    assert (cfg.TEST.AFTER_TRAINING, cfg.TEST.EVAL_PERIOD) == (True, 0)
+    assert (cfg.TEST.AFTER_TRAINING, cfg.TEST.EVAL_PERIOD) == (False, 0)
     lang, fuse = cfg.MODEL.LANGUAGE_BACKBONE, cfg.MODEL.DYHEAD.FUSE_CONFIG
     assert lang.MODEL_PATH == "" and lang.TOKENIZER_PATH == ""
     assert lang.MODEL_TYPE == "bert-base-uncased" and lang.TOKENIZER_TYPE == "bert-base-uncased"

@@ -307,11 +307,11 @@ def test_iteration_based_batch_sampler_sets_epoch():
     batch_sampler = IterationBasedBatchSampler(torch.utils.data.BatchSampler(sampler, 2, False), 5, start_iter=1)
     batches = list(batch_sampler)
     assert len(batches) == 4 and len(batch_sampler) == 5
-    # passes start at iterations 1 and 3: shards of the permutations seeded with those epochs
-    first = torch.randperm(5, generator=torch.Generator().manual_seed(1)).tolist()
-    second = torch.randperm(5, generator=torch.Generator().manual_seed(3)).tolist()
-    assert batches[:2] == [(first + first[:1])[3:5], (first + first[:1])[5:6]]
-    assert batches[2] == (second + second[:1])[3:5]
+    # Passes of 2 batches start at iterations 0, 2, 4, each a shard of the permutation seeded with its start;
+    # resuming at iteration 1 continues inside the first pass, as the uninterrupted run does.
+    shard = [(p + p[:1])[3:6] for p in (torch.randperm(5, generator=torch.Generator().manual_seed(e)).tolist()
+                                         for e in (0, 2, 4))]
+    assert batches == [shard[0][2:3], shard[1][0:2], shard[1][2:3], shard[2][0:2]]
 
 
 def test_distributed_sampler_split_and_random_seed():

@@ -323,9 +323,9 @@ _C.MODEL.DYHEAD.FUSE_CONFIG.ATTN_NUM_HEADS = 8
 _C.SOLVER.LOG_PERIOD = 20
 _C.SOLVER.KEEP_LAST_CHECKPOINTS = 0
 _C.SOLVER.SKIP_NONFINITE_STEPS = False
-# Evaluate DATASETS.TEST after training (officially: unless --skip-test), and every EVAL_PERIOD iterations when
-# TEST.DURING_TRAINING (0 = at each checkpoint).
-_C.TEST.AFTER_TRAINING = True
+# Evaluate DATASETS.TEST after training (the Ascend port's key; the official train_net never does, and ignores
+# --skip-test), and every EVAL_PERIOD iterations when TEST.DURING_TRAINING (0 = at each checkpoint).
+_C.TEST.AFTER_TRAINING = False
 _C.TEST.EVAL_PERIOD = 0
 
 PORT_KEYS = (

@@ -116,12 +116,16 @@ def build_dataset(cfg, dataset_names: Sequence[str], transforms: Optional[Callab
 
 def make_data_sampler(dataset: Dataset, shuffle: bool, distributed: bool, num_replicas: Optional[int] = None,
                       rank: Optional[int] = None, use_random_seed: bool = False) -> torch.utils.data.Sampler:
-    """DistributedSampler when distributed, else a random (global torch RNG) or sequential sampler."""
+    """DistributedSampler when distributed or shuffling (one replica), else a sequential sampler.
+
+    A single process shuffles like one replica of a distributed run (each pass seeded with the iteration where it
+    starts), so that a resumed run continues with the same order; GLIP used torch's global RNG there.
+    """
     if distributed:
         return samplers.DistributedSampler(dataset, shuffle=shuffle, num_replicas=num_replicas, rank=rank,
                                            use_random=use_random_seed)
     if shuffle:
-        return torch.utils.data.RandomSampler(dataset)
+        return samplers.DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, use_random=use_random_seed)
     return torch.utils.data.SequentialSampler(dataset)
 
 

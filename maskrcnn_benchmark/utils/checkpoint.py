@@ -2,6 +2,7 @@
 import logging
 import os
 import pickle
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -114,12 +115,26 @@ def load_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], sourc
     return report
 
 
+# Marker in the names of files being written; such a file is never a checkpoint (it has no .pth suffix).
+PARTIAL_MARKER = ".partial-"
+# Names of the periodic checkpoints, which `keep_last` prunes.
+PERIODIC_CHECKPOINT = re.compile(r"^model_(\d{7})\.pth$")
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """Write `obj` with torch.save so that `path` is either the old file or the complete new one."""
+    """Write `obj` with torch.save so that `path` is either the old file or the complete new one.
+
+    The data goes to a hidden `.<name>.partial-XXXX` file in the same folder, which is renamed once complete: a
+    process killed while writing leaves only that partial file, whose name does not look like a checkpoint.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{PARTIAL_MARKER}", dir=folder)
     try:
+        # mkstemp creates the file private (0600); give it the permissions of a normally created file.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -137,20 +152,29 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 
 
 class Checkpointer:
-    """Saves and restores model (and optionally optimizer/scheduler) state in a folder with `last_checkpoint`."""
+    """Saves and restores the training state in a folder with a `last_checkpoint` pointer.
+
+    Besides the model, the optimizer, scheduler, AMP loss `scaler` and `model_ema` (an object with
+    `state_dict`/`load_state_dict`, saved under "model_ema") are saved when given and restored on resume.
+    `keep_last` > 0 keeps only that many newest periodic checkpoints (`model_NNNNNNN.pth`).
+    """
 
     def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                  scheduler: Optional[Any] = None, save_dir: str = "", save_to_disk: Optional[bool] = None,
-                 logger: Optional[logging.Logger] = None):
+                 logger: Optional[logging.Logger] = None, *, scaler: Optional[Any] = None,
+                 model_ema: Optional[Any] = None, keep_last: int = 0):
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
+        self.scaler = scaler
+        self.model_ema = model_ema
+        self.keep_last = keep_last
         self.save_dir = save_dir
         self.save_to_disk = save_to_disk
         self.logger = logger or logging.getLogger(__name__)
 
     def save(self, name: str, **extra: Any) -> Optional[str]:
-        """Write `<save_dir>/<name>.pth` atomically and point `last_checkpoint` at it."""
+        """Write `<save_dir>/<name>.pth` atomically, point `last_checkpoint` at it, prune old periodic ones."""
         if not self.save_dir or not self.save_to_disk:
             return None
         target = self.model.module if hasattr(self.model, "module") else self.model
@@ -159,18 +183,42 @@ class Checkpointer:
             data["optimizer"] = self.optimizer.state_dict()
         if self.scheduler is not None:
             data["scheduler"] = self.scheduler.state_dict()
+        if self.scaler is not None:
+            data["scaler"] = self.scaler.state_dict()
+        if self.model_ema is not None:
+            data["model_ema"] = self.model_ema.state_dict()
         data.update(extra)
         path = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info("Saving checkpoint to %s", path)
+        self.remove_partial_files()
         atomic_torch_save(data, path)
         self.tag_last_checkpoint(f"{name}.pth")
+        if self.keep_last > 0:
+            self.prune_periodic_checkpoints()
         return path
+
+    def remove_partial_files(self) -> None:
+        """Delete the partial files that a process killed while writing a checkpoint left in save_dir."""
+        for name in os.listdir(self.save_dir) if os.path.isdir(self.save_dir) else ():
+            if name.startswith(".") and PARTIAL_MARKER in name:
+                os.unlink(os.path.join(self.save_dir, name))
+
+    def prune_periodic_checkpoints(self) -> None:
+        """Delete all but the `keep_last` newest `model_NNNNNNN.pth`, never the one `last_checkpoint` names."""
+        current = self.get_checkpoint_file()
+        periodic = sorted((int(m.group(1)), m.group(0)) for m in map(PERIODIC_CHECKPOINT.match,
+                                                                        os.listdir(self.save_dir)) if m)
+        for _, name in periodic[:-self.keep_last]:
+            if name != current:
+                self.logger.info("Removing old checkpoint %s", name)
+                os.unlink(os.path.join(self.save_dir, name))
 
     def load(self, f: Optional[str] = None, force: bool = False, keyword: str = "model",
              skip_optimizer: bool = False, allow_inert_objects: bool = False) -> Dict[str, Any]:
         """Load `f`, or resume from `last_checkpoint` in save_dir when present (unless `force`).
 
-        On resume the optimizer and scheduler states are restored too; the remaining entries are returned.
+        On resume the optimizer, scheduler, scaler and EMA states are restored too; the remaining entries are
+        returned.
         """
         resume = False
         if self.has_checkpoint() and not force:
@@ -184,10 +232,15 @@ class Checkpointer:
         load_state_dict(self.model, extract_state_dict(checkpoint, keyword, f), source=f)
         if not (resume and isinstance(checkpoint, dict)) or skip_optimizer:
             return {}
-        if "optimizer" in checkpoint and self.optimizer is not None:
-            self.optimizer.load_state_dict(checkpoint.pop("optimizer"))
-        if "scheduler" in checkpoint and self.scheduler is not None:
-            self.scheduler.load_state_dict(checkpoint.pop("scheduler"))
+        for entry, target in (("optimizer", self.optimizer), ("scheduler", self.scheduler),
+                              ("scaler", self.scaler), ("model_ema", self.model_ema)):
+            if target is None or entry not in checkpoint:
+                continue
+            state = checkpoint.pop(entry)
+            # An empty state is that of a disabled GradScaler (fp32 run), which an enabled one refuses.
+            if state:
+                self.logger.info("Restoring %s from %s", entry, f)
+                target.load_state_dict(state)
         checkpoint.pop(keyword, None)
         return checkpoint
 
@@ -218,6 +271,6 @@ class DetectronCheckpointer(Checkpointer):
     """Checkpointer with the official constructor taking the config first."""
 
     def __init__(self, cfg, model: nn.Module, optimizer=None, scheduler=None, save_dir: str = "",
-                 save_to_disk: Optional[bool] = None, logger: Optional[logging.Logger] = None):
-        super().__init__(model, optimizer, scheduler, save_dir, save_to_disk, logger)
+                 save_to_disk: Optional[bool] = None, logger: Optional[logging.Logger] = None, **state: Any):
+        super().__init__(model, optimizer, scheduler, save_dir, save_to_disk, logger, **state)
         self.cfg = cfg.clone()

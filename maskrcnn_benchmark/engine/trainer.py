@@ -1,0 +1,264 @@
+"""The training loop (GLIP's do_train): AMP, non-finite-loss guard, EMA, logging, checkpoints, evaluation."""
+import datetime
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from maskrcnn_benchmark.utils.amp import autocast
+from maskrcnn_benchmark.utils.comm import all_gather, any_rank, broadcast_object, get_rank, is_main_process, \
+    reduce_dict
+from maskrcnn_benchmark.utils.device import peak_memory_mb
+from maskrcnn_benchmark.utils.ema import ModelEma, unwrap_model
+from maskrcnn_benchmark.utils.metric_logger import MetricLogger
+from maskrcnn_benchmark.utils.miscellaneous import get_rng_state, save_loss_curve, set_rng_state
+
+logger = logging.getLogger("maskrcnn_benchmark.trainer")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or infinite (and SOLVER.SKIP_NONFINITE_STEPS is off)."""
+
+
+def reduce_loss_dict(loss_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Each loss averaged over all processes, available on every process."""
+    return reduce_dict(loss_dict, average=True)
+
+
+def too_many_negatives(targets: Sequence, max_negative_share: float, device: torch.device) -> bool:
+    """True when, on any process, every image or more than `max_negative_share` of them has no box.
+
+    The decision is shared so that all processes skip the same batches (GLIP decides per process).
+    """
+    negatives = sum(len(target) < 1 for target in targets)
+    local = negatives == len(targets) or negatives > len(targets) * max_negative_share
+    return any_rank(local, device)
+
+
+def forward_losses(model: nn.Module, batch: Any, device: torch.device, use_amp: bool) -> Dict[str, torch.Tensor]:
+    """The model's loss dict for one collated batch, under autocast when `use_amp`."""
+    images = batch.images.to(device)
+    tokenized = batch.tokenized
+    if tokenized is not None:
+        tokenized = {name: value.to(device) for name, value in tokenized.items()}
+    with autocast(device.type, enabled=use_amp):
+        loss_dict = model(images, list(batch.targets), captions=batch.captions, positive_map=batch.positive_map,
+                          greenlight_map=batch.greenlight_map, tokenized=tokenized)
+    return {name: loss.float() for name, loss in loss_dict.items()}
+
+
+def gradient_norm(optimizer: torch.optim.Optimizer) -> float:
+    """L2 norm of all gradients of the optimized parameters (NaN/inf when any gradient is non-finite)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return 0.0
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: Optional[torch.amp.GradScaler] = None) -> float:
+    """Backward pass and one optimizer step; returns the gradient norm (not stepped when it is non-finite).
+
+    With an enabled loss scaler, the scaler itself skips steps whose scaled gradients overflowed (that is
+    normal float16 behaviour and returns 0.0 here).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return 0.0
+    loss.backward()
+    norm = gradient_norm(optimizer)
+    if math.isfinite(norm):
+        optimizer.step()
+    return norm
+
+
+def nonfinite_message(iteration: int, losses: Dict[str, torch.Tensor]) -> str:
+    """What the log says about a non-finite loss: the iteration and every loss value."""
+    values = ", ".join(f"{name} = {value.item():.6g}" for name, value in losses.items())
+    return f"Non-finite loss at iteration {iteration}: {values}"
+
+
+def log_line(meters: MetricLogger, iteration: int, max_iter: int, optimizer: torch.optim.Optimizer,
+             device: torch.device, skipped: int) -> str:
+    """The periodic training log line."""
+    eta_seconds = meters.time.global_avg * (max_iter - iteration)
+    fields = [
+        f"eta: {datetime.timedelta(seconds=int(eta_seconds))}",
+        f"iter: {iteration}",
+        str(meters),
+        f"lr: {optimizer.param_groups[0]['lr']:.6f}",
+        f"wd: {optimizer.param_groups[0]['weight_decay']:.6f}",
+        f"max mem: {peak_memory_mb(device):.0f}",
+    ]
+    if skipped:
+        fields.append(f"skipped steps: {skipped}")
+    return meters.delimiter.join(fields)
+
+
+def evaluate_model(cfg, model: nn.Module, data_loader: Iterable, device: torch.device,
+                   dataset_name: str = "val", output_folder: Optional[str] = None) -> float:
+    """COCO box AP of `model` on `data_loader` via engine.inference (on every process; the AP is shared)."""
+    from .inference import inference
+
+    result = inference(unwrap_model(model), data_loader, dataset_name=dataset_name, iou_types=("bbox",),
+                       device=device, expected_results=cfg.TEST.EXPECTED_RESULTS,
+                       expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL,
+                       output_folder=output_folder, cfg=cfg, verbose=False)
+    average_precision = result[0].results["bbox"]["AP"] if result is not None else 0.0
+    return broadcast_object(average_precision)
+
+
+def save_checkpoint(checkpointer, name: str, arguments: Dict[str, Any]) -> None:
+    """Save `name` with every process's random-generator states (a collective: all processes call it)."""
+    rng_states = all_gather(get_rng_state())
+    checkpointer.save(name, rng_states=rng_states, **arguments)
+
+
+def restore_rng_state(rng_states: Optional[List[Dict[str, Any]]]) -> None:
+    """Restore this process's random generators from a checkpoint's per-process list."""
+    if not rng_states:
+        return
+    rank = get_rank()
+    if rank < len(rng_states):
+        set_rng_state(rng_states[rank])
+    else:
+        logger.warning("The checkpoint holds random states for %d processes only; process %d keeps its own.",
+                       len(rng_states), rank)
+
+
+def record_losses(history: Dict[str, List[float]], iteration: int, losses: Dict[str, float]) -> None:
+    """Append one iteration's losses to the loss history (kept in the checkpoints)."""
+    history.setdefault("iteration", []).append(iteration)
+    for name, value in losses.items():
+        history.setdefault(name, []).append(value)
+
+
+def write_loss_curve(history: Dict[str, List[float]], output_dir: str) -> None:
+    """loss_curve.png in `output_dir` from the loss history (rank 0)."""
+    if not is_main_process() or not output_dir or not history.get("iteration"):
+        return
+    iterations = history["iteration"]
+    curves = {name: values for name, values in history.items() if name != "iteration"}
+    path = os.path.join(output_dir, "loss_curve.png")
+    save_loss_curve(iterations, curves, path)
+    logger.info("Loss curve written to %s", path)
+
+
+def do_train(
+    cfg,
+    model: nn.Module,
+    data_loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    checkpointer,
+    device: torch.device,
+    checkpoint_period: int,
+    arguments: Dict[str, Any],
+    val_data_loader: Optional[Iterable] = None,
+    meters: Optional[MetricLogger] = None,
+    early_stop_iteration: int = -1,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    model_ema: Optional[ModelEma] = None,
+) -> Dict[str, Any]:
+    """Train from arguments["iteration"] to len(data_loader) (or `early_stop_iteration`); returns `arguments`.
+
+    A checkpoint is written every `checkpoint_period` iterations and at the end. With `val_data_loader`, the model
+    (its EMA with SOLVER.USE_EMA_FOR_MONITOR) is evaluated every TEST.EVAL_PERIOD iterations (default: the
+    checkpoint period). A non-finite loss stops training with NonFiniteLossError, or with
+    SOLVER.SKIP_NONFINITE_STEPS skips that step. Random states and the loss history travel in the checkpoints so
+    that a resumed run continues exactly.
+    """
+    meters = meters if meters is not None else MetricLogger(delimiter="  ")
+    max_iter = len(data_loader)
+    stop_iter = min(max_iter, early_stop_iteration) if early_stop_iteration > 0 else max_iter
+    start_iter = arguments["iteration"]
+    history = arguments.setdefault("loss_history", {})
+    arguments.setdefault("skipped_steps", 0)
+    eval_period = cfg.TEST.EVAL_PERIOD if cfg.TEST.EVAL_PERIOD > 0 else checkpoint_period
+    logger.info("Start training from iteration %d to %d", start_iter, stop_iter)
+    model.train()
+
+    data_iter = iter(data_loader)
+    # After the loader's iterator exists (creating it draws from torch's generator), as at the checkpointed point.
+    restore_rng_state(arguments.pop("rng_states", None))
+    start_training_time = time.perf_counter()
+    end = time.perf_counter()
+    for iteration, batch in zip(range(start_iter + 1, stop_iter + 1), data_iter):
+        data_time = time.perf_counter() - end
+        arguments["iteration"] = iteration
+        if too_many_negatives(batch.targets, cfg.SOLVER.MAX_NEG_PER_BATCH, device):
+            logger.info("Iteration %d: too many images without boxes in the batch (more than %s); skipped.",
+                        iteration, cfg.SOLVER.MAX_NEG_PER_BATCH)
+        else:
+            train_step(cfg, model, batch, optimizer, scheduler, device, scaler, model_ema, arguments, meters,
+                       iteration)
+            batch_time = time.perf_counter() - end
+            meters.update(time=batch_time, data=data_time, fps=cfg.SOLVER.IMS_PER_BATCH / batch_time)
+            meters.write_scalars(iteration)
+        if is_main_process() and "time" in meters.meters and (
+                iteration % cfg.SOLVER.LOG_PERIOD == 0 or iteration == stop_iter):
+            logger.info(log_line(meters, iteration, stop_iter, optimizer, device, arguments["skipped_steps"]))
+        end_of_run = iteration == stop_iter
+        if val_data_loader is not None and (iteration % eval_period == 0 or end_of_run and not
+                                            cfg.TEST.AFTER_TRAINING):
+            monitored = model_ema.ema if model_ema is not None and cfg.SOLVER.USE_EMA_FOR_MONITOR else model
+            arguments["eval_result"] = evaluate_model(cfg, monitored, val_data_loader, device)
+            logger.info("Iteration %d: evaluation AP %.4f", iteration, arguments["eval_result"])
+            model.train()
+        if iteration == max_iter:
+            save_checkpoint(checkpointer, "model_final", arguments)
+        elif iteration % checkpoint_period == 0 or end_of_run:
+            save_checkpoint(checkpointer, f"model_{iteration:07d}", arguments)
+        end = time.perf_counter()
+
+    total_time = time.perf_counter() - start_training_time
+    done = max(arguments["iteration"] - start_iter, 1)
+    logger.info("Total training time: %s (%.4f s / it)", datetime.timedelta(seconds=int(total_time)),
+                total_time / done)
+    write_loss_curve(history, cfg.OUTPUT_DIR)
+    meters.close()
+    return arguments
+
+
+def train_step(cfg, model: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, scheduler, device: torch.device,
+               scaler: Optional[torch.amp.GradScaler], model_ema: Optional[ModelEma], arguments: Dict[str, Any],
+               meters: MetricLogger, iteration: int) -> None:
+    """Forward, non-finite checks, backward, optimizer/scheduler/EMA step and loss bookkeeping for one batch."""
+    loss_dict = forward_losses(model, batch, device, cfg.SOLVER.USE_AMP)
+    reduced = reduce_loss_dict(loss_dict)
+    total = sum(reduced.values())
+    if not math.isfinite(total.item()):
+        handle_nonfinite(cfg, nonfinite_message(iteration, dict(reduced, loss=total)), optimizer, scheduler,
+                         arguments)
+        return
+    norm = optimizer_step(sum(loss_dict.values()), optimizer, scaler)
+    if not math.isfinite(norm):
+        # A non-finite gradient with a finite loss would turn every weight into NaN through the update.
+        message = nonfinite_message(iteration, dict(reduced, loss=total)).replace("loss at", "gradient at")
+        handle_nonfinite(cfg, f"{message}, gradient norm = {norm}", optimizer, scheduler, arguments)
+        return
+    scheduler.step()
+    if model_ema is not None:
+        model_ema.update(model)
+    values = {"loss": total.item(), **{name: value.item() for name, value in reduced.items()}}
+    meters.update(**values)
+    record_losses(arguments["loss_history"], iteration, values)
+
+
+def handle_nonfinite(cfg, message: str, optimizer: torch.optim.Optimizer, scheduler,
+                     arguments: Dict[str, Any]) -> None:
+    """Stop with NonFiniteLossError, or with SOLVER.SKIP_NONFINITE_STEPS drop this step and count it."""
+    if not cfg.SOLVER.SKIP_NONFINITE_STEPS:
+        raise NonFiniteLossError(message + ". Training stopped; the last checkpoint is intact. Set "
+                                 "SOLVER.SKIP_NONFINITE_STEPS True to skip such steps instead.")
+    arguments["skipped_steps"] += 1
+    logger.warning("%s; step skipped (%d so far).", message, arguments["skipped_steps"])
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()

@@ -1,0 +1,48 @@
+"""Learning-rate schedule: warm-up, then a step decay at fixed iterations."""
+from bisect import bisect_right
+from typing import List, Sequence
+
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+
+WARMUP_METHODS = ("constant", "linear")
+
+
+def warmup_factor_at(iteration: int, method: str, warmup_iters: int, warmup_factor: float) -> float:
+    """Multiplier of the base LR during warm-up (1 from `warmup_iters` on).
+
+    "constant" uses `warmup_factor` throughout; "linear" goes from `warmup_factor` at iteration 0 towards 1.
+    """
+    if iteration >= warmup_iters:
+        return 1.0
+    if method == "constant":
+        return warmup_factor
+    alpha = iteration / warmup_iters
+    return warmup_factor * (1 - alpha) + alpha
+
+
+class WarmupMultiStepLR(LRScheduler):
+    """base_lr * warm-up factor * gamma ** (number of milestones <= iteration), per parameter group.
+
+    `last_epoch` counts iterations: the scheduler is stepped once per iteration.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, milestones: Sequence[int], gamma: float = 0.1,
+                 warmup_factor: float = 1.0 / 3, warmup_iters: int = 500, warmup_method: str = "linear",
+                 last_epoch: int = -1):
+        if list(milestones) != sorted(milestones):
+            raise ValueError(f"Milestones should be a list of increasing integers, got {list(milestones)}.")
+        if warmup_method not in WARMUP_METHODS:
+            raise ValueError(f"Only {WARMUP_METHODS} warm-up methods are accepted, got {warmup_method!r}.")
+        self.milestones = list(milestones)
+        self.gamma = gamma
+        self.warmup_factor = warmup_factor
+        self.warmup_iters = warmup_iters
+        self.warmup_method = warmup_method
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> List[float]:
+        """The LR of every group at iteration `last_epoch` (closed form)."""
+        factor = warmup_factor_at(self.last_epoch, self.warmup_method, self.warmup_iters, self.warmup_factor)
+        decay = self.gamma ** bisect_right(self.milestones, self.last_epoch)
+        return [base_lr * factor * decay for base_lr in self.base_lrs]

@@ -1,0 +1,273 @@
+#!/bin/bash
+# Shared part of the launch scripts (sourced by train_*.sh and eval_1p.sh; not run on its own).
+#
+# The calling script sets NETWORK, BATCH_SIZE, WORLD_SIZE (processes wanted), USE_AMP, MAX_EPOCH,
+# EARLY_STOP_ITERATION (-1: none), EVAL_SUBSET (-1: all test images) and CASE_KIND (acc|perf), then calls
+# parse_args "$@", setup_run, and launch_training or launch_eval, then report.
+#
+# Options (Ascend/seed interface): --batch_size=N (global batch) --load_from=FILE (pretrained weight)
+# --fp16 | --fp32 (mixed precision: float16 on NPU/GPU, bfloat16 on CPU) --data_path=DIR (holds coco/)
+# --work_dir=DIR --early_stop_iteration=N --nproc=N (processes; default: the devices present, up to WORLD_SIZE,
+# 1 on CPU) --config=FILE --small (the small test model from tests/fixtures/small on tiny images, for CPU runs)
+# --synthetic (configs/synthetic/glip_synthetic.yaml: the shrunk GLIP trained from scratch on the generated shapes
+# dataset with that config's own solver settings, no COCO needed) --device_id=N (output folder test/output/N).
+# Multi-node: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT.
+
+LOAD_FROM="pretrain/glip_tiny_model_o365_goldg_cc_sbu.pth"
+CONFIG="configs/pretrain/glip_Swin_T_O365_GoldG.yaml"
+DATA_PATH=""
+WORK_DIR=""
+NPROC=""
+SMALL=False
+SYNTHETIC=False
+DEVICE_ID=${ASCEND_DEVICE_ID:-0}
+LOAD_FROM_GIVEN=False
+BATCH_SIZE_GIVEN=False
+
+parse_args() {
+  for para in "$@"; do
+    case $para in
+      --batch_size=*) BATCH_SIZE=${para#*=}; BATCH_SIZE_GIVEN=True ;;
+      --load_from=*) LOAD_FROM=${para#*=}; LOAD_FROM_GIVEN=True ;;
+      --fp16) USE_AMP=True ;;
+      --fp32) USE_AMP=False ;;
+      --data_path=*) DATA_PATH=${para#*=} ;;
+      --work_dir=*) WORK_DIR=${para#*=} ;;
+      --early_stop_iteration=*) EARLY_STOP_ITERATION=${para#*=} ;;
+      --nproc=*) NPROC=${para#*=} ;;
+      --config=*) CONFIG=${para#*=} ;;
+      --small) SMALL=True ;;
+      --synthetic) SYNTHETIC=True ;;
+      --device_id=*) DEVICE_ID=${para#*=} ;;
+      *) echo "Unknown option: $para" >&2; exit 2 ;;
+    esac
+  done
+}
+
+# Run from the repository root (the scripts may be started from test/ or from the root).
+enter_repo_root() {
+  cur_path=$(pwd)
+  if [ "$(basename "$cur_path")" == "test" ]; then
+    cd ..
+  fi
+  cur_path=$(pwd)
+  test_path_dir=${cur_path}/test
+  export PYTHONPATH=${cur_path}${PYTHONPATH:+:$PYTHONPATH}
+}
+
+# DEVICE_TYPE (npu, cuda or cpu) and DEVICE_COUNT of this machine.
+detect_devices() {
+  read -r DEVICE_TYPE DEVICE_COUNT < <(python - <<'EOF'
+import importlib
+import torch
+try:
+    importlib.import_module("torch_npu")
+    npus = torch.npu.device_count() if torch.npu.is_available() else 0
+except ImportError:
+    npus = 0
+if npus:
+    print("npu", npus)
+elif torch.cuda.is_available():
+    print("cuda", torch.cuda.device_count())
+else:
+    print("cpu", 1)
+EOF
+  )
+  if [ "$DEVICE_TYPE" == "npu" ] && [ -f "${test_path_dir}/env_npu.sh" ]; then
+    source "${test_path_dir}/env_npu.sh"
+  fi
+}
+
+fail() {
+  echo "ERROR: $*" >&2
+  exit 1
+}
+
+# The COCO folders and files the run reads, with a message saying where each goes.
+check_data() {
+  local root=${DATA_PATH:-$cur_path}
+  local needed=("coco/annotations/instances_val2017.json" "coco/val2017")
+  if [ "$1" == "train" ]; then
+    needed=("coco/annotations/instances_train2017.json" "coco/train2017" "${needed[@]}")
+  fi
+  for item in "${needed[@]}"; do
+    if [ ! -e "${root}/${item}" ]; then
+      fail "COCO data not found: ${root}/${item} is missing. Put COCO 2017 under ${root}/coco as described in" \
+           "DATA.md (coco/train2017/, coco/val2017/, coco/annotations/instances_{train,val}2017.json), or pass" \
+           "--data_path=DIR with DIR/coco laid out that way."
+    fi
+  done
+  export DATASET=$root
+}
+
+check_weight() {
+  if [ ! -f "$LOAD_FROM" ]; then
+    fail "Pretrained weight not found: ${LOAD_FROM}. Download glip_tiny_model_o365_goldg_cc_sbu.pth into" \
+         "pretrain/ (see DATA.md) or pass --load_from=PATH."
+  fi
+}
+
+# Output folder, process count, and the options of the small CPU model (--small).
+setup_run() {
+  enter_repo_root
+  detect_devices
+  OUTPUT_PATH=${test_path_dir}/output/${DEVICE_ID}
+  rm -rf "$OUTPUT_PATH"
+  mkdir -p "$OUTPUT_PATH"
+  WORK_DIR=${WORK_DIR:-$OUTPUT_PATH}
+  mkdir -p "$WORK_DIR"
+  if [ -z "$NPROC" ]; then
+    if [ "$DEVICE_TYPE" == "cpu" ]; then
+      NPROC=1
+    else
+      NPROC=$(( DEVICE_COUNT < WORLD_SIZE ? DEVICE_COUNT : WORLD_SIZE ))
+    fi
+  fi
+  if [ "$NPROC" -lt "$WORLD_SIZE" ]; then
+    echo "Note: ${WORLD_SIZE} processes wanted, running ${NPROC} on ${DEVICE_TYPE} (found ${DEVICE_COUNT})."
+  fi
+  EXTRA_OPTS=()
+  if [ "$SMALL" == "True" ]; then
+    CONFIG=tests/fixtures/small/config.yaml
+    if [ "$LOAD_FROM_GIVEN" == "False" ]; then
+      LOAD_FROM=${WORK_DIR}/small_init.pth
+      python -c "import sys, torch; sys.path.insert(0, 'tests/fixtures'); from make_fixtures import \
+load_small_state_dict; torch.save({'model': load_small_state_dict()}, sys.argv[1])" "$LOAD_FROM" \
+        || fail "could not write the small model's weights"
+    fi
+    EXTRA_OPTS=(MODEL.LANGUAGE_BACKBONE.MODEL_PATH tests/fixtures/small/bert
+                AUGMENT.MULT_MIN_SIZE_TRAIN "(96,)" INPUT.MIN_SIZE_TRAIN 96 INPUT.MAX_SIZE_TRAIN 128
+                INPUT.MIN_SIZE_TEST 96 INPUT.MAX_SIZE_TEST 128 DATALOADER.NUM_WORKERS 0)
+  fi
+  if [ "$SYNTHETIC" == "True" ]; then
+    CONFIG=configs/synthetic/glip_synthetic.yaml
+    if [ "$BATCH_SIZE_GIVEN" == "False" ]; then
+      BATCH_SIZE=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['SOLVER']['IMS_PER_BATCH'])" \
+                   "$CONFIG")
+    fi
+  fi
+  DEVICE_OPTS=(MODEL.DEVICE "$DEVICE_TYPE")
+  LAUNCH=(python -m torch.distributed.run --nproc_per_node="$NPROC"
+          --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}"
+          --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-29500}")
+  CASE_NAME=${NETWORK}_bs${BATCH_SIZE}_${WORLD_SIZE}p_${CASE_KIND}
+  LOG_FILE=${OUTPUT_PATH}/train_${DEVICE_ID}.log
+}
+
+# The Ascend fine-tuning settings on COCO (coco_grounding_train, LR 1e-5, steps at 67% and 89% of the run).
+coco_training_options() {
+  check_data train
+  check_weight
+  TRAIN_OPTS=(MODEL.WEIGHT "$LOAD_FROM"
+              DATASETS.TRAIN '("coco_grounding_train",)' DATASETS.TEST '("coco_2017_val",)'
+              MODEL.BACKBONE.FREEZE_CONV_BODY_AT -1 SOLVER.MAX_EPOCH "$MAX_EPOCH"
+              TEST.IMS_PER_BATCH "$TEST_BATCH_SIZE" SOLVER.TEST_WITH_INFERENCE True
+              SOLVER.FIND_UNUSED_PARAMETERS False SOLVER.BASE_LR 0.00001 SOLVER.LANG_LR 0.00001
+              SOLVER.STEPS "(0.67,0.89)" DATASETS.DISABLE_SHUFFLE True MODEL.DYHEAD.SCORE_AGG "MEAN"
+              TEST.EVAL_TASK detection)
+}
+
+# The synthetic recipe keeps its config's data, schedule and learning rates; weights only with --load_from.
+synthetic_training_options() {
+  TRAIN_OPTS=()
+  if [ "$LOAD_FROM_GIVEN" == "True" ]; then
+    check_weight
+    TRAIN_OPTS=(MODEL.WEIGHT "$LOAD_FROM")
+  fi
+}
+
+# tools/train_net.py on the devices found, then evaluation (TEST.AFTER_TRAINING); output in LOG_FILE.
+launch_training() {
+  if [ "$SYNTHETIC" == "True" ]; then
+    synthetic_training_options
+  else
+    coco_training_options
+  fi
+  local early_stop=()
+  if [ "${EARLY_STOP_ITERATION:--1}" -gt 0 ]; then
+    early_stop=(--early_stop_iteration "$EARLY_STOP_ITERATION")
+  fi
+  start_time=$(date +%s)
+  "${LAUNCH[@]}" tools/train_net.py \
+    --config-file "$CONFIG" \
+    --skip-test \
+    --override_output_dir "$WORK_DIR" \
+    "${early_stop[@]}" \
+    "${TRAIN_OPTS[@]}" \
+    SOLVER.IMS_PER_BATCH "$BATCH_SIZE" SOLVER.USE_AMP "$USE_AMP" SOLVER.LOG_PERIOD 1 \
+    TEST.DURING_TRAINING False TEST.AFTER_TRAINING True TEST.SUBSET "$EVAL_SUBSET" \
+    "${DEVICE_OPTS[@]}" "${EXTRA_OPTS[@]}" \
+    > "$LOG_FILE" 2>&1
+  run_status=$?
+  end_time=$(date +%s)
+}
+
+# tools/test_grounding_net.py on coco_2017_val (COCO detection AP with the class-name prompt).
+launch_eval() {
+  check_weight
+  local data_opts=()
+  if [ "$SYNTHETIC" == "True" ]; then
+    data_opts=(TEST.EVAL_TASK detection)
+  else
+    check_data eval
+    data_opts=(DATASETS.TEST '("coco_2017_val",)' MODEL.DYHEAD.SCORE_AGG "MEAN" TEST.EVAL_TASK detection)
+  fi
+  LOG_FILE=${OUTPUT_PATH}/eval_${DEVICE_ID}.log
+  start_time=$(date +%s)
+  "${LAUNCH[@]}" tools/test_grounding_net.py \
+    --config-file "$CONFIG" \
+    --weight "$LOAD_FROM" \
+    "${data_opts[@]}" TEST.IMS_PER_BATCH "$BATCH_SIZE" TEST.SUBSET "$EVAL_SUBSET" \
+    MODEL.DYHEAD.FUSE_CONFIG.MLM_LOSS False OUTPUT_DIR "$WORK_DIR" "${DEVICE_OPTS[@]}" "${EXTRA_OPTS[@]}" \
+    > "$LOG_FILE" 2>&1
+  run_status=$?
+  end_time=$(date +%s)
+}
+
+# Throughput, AP and duration from the log: printed, and written to <case>.log and <case>_perf_report.log.
+report() {
+  e2e_time=$(( end_time - start_time ))
+  if [ "$1" == "eval" ]; then
+    # "Total inference time: ... (S s / img per device, on N devices)" -> N / S images per second.
+    fps=$(grep -a "Total inference time" "$LOG_FILE" | tail -1 \
+          | awk -F'[(]' '{split($2, a, " "); split($0, b, "on "); n = b[2] + 0
+                          if (a[1] > 0) printf("%.3f", n / a[1])}')
+  else
+    # The current (first) value of every "fps: X (median)" field, the first logged iteration (warm-up) left out.
+    fps=$(grep -a "fps: " "$LOG_FILE" | awk -F "fps: " '{print $2}' | awk '{print $1}' \
+          | awk '{v[NR] = $1} END {s = 0; n = 0; for (i = (NR > 1 ? 2 : 1); i <= NR; i++) {s += v[i]; n++}
+                 if (n) printf("%.3f", s / n)}')
+  fi
+  accuracy=$(grep -a ".inference INFO: OrderedDict" "$LOG_FILE" | tail -1 | awk -F "'AP', " '{print $2}' \
+             | awk -F ")" '{print $1}')
+  training_time=$(grep -a "time: " "$LOG_FILE" | awk -F "time: " '{print $2}' | awk '{a += $1} END {printf("%.3f", a)}')
+  if [ "$1" == "train" ]; then
+    grep -a "loss: " "$LOG_FILE" | awk -F "loss: " '{print $2}' | awk '{print $1}' \
+      > "${OUTPUT_PATH}/train_${CASE_NAME}_loss.txt"
+  fi
+
+  echo "------------------ Final result ------------------"
+  echo "Final Performance images/sec : ${fps}"
+  echo "Final Train Accuracy : ${accuracy}"
+  echo "E2E Training Duration sec : ${e2e_time}"
+
+  {
+    echo "Network = ${NETWORK}"
+    echo "RankSize = ${NPROC}"
+    echo "BatchSize = ${BATCH_SIZE}"
+    echo "DeviceType = ${DEVICE_TYPE} $(uname -m)"
+    echo "CaseName = ${CASE_NAME}"
+    echo "TrainAccuracy = ${accuracy}"
+  } > "${OUTPUT_PATH}/${CASE_NAME}.log"
+  {
+    echo "ActualFPS = ${fps}"
+    echo "TrainingTime = ${training_time}"
+    echo "E2ETrainingTime = ${e2e_time}"
+  } > "${OUTPUT_PATH}/${CASE_NAME}_perf_report.log"
+
+  if [ "$run_status" -ne 0 ]; then
+    echo "The run failed (exit status ${run_status}); see ${LOG_FILE}:" >&2
+    tail -20 "$LOG_FILE" >&2
+    exit "$run_status"
+  fi
+}

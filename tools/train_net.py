@@ -1,0 +1,210 @@
+"""Train GLIP (the official tools/train_net.py interface).
+
+    python tools/train_net.py --config-file CONFIG [--override_output_dir DIR] [--skip-test]
+        [--early_stop_iteration N] [--resume] [--use-tensorboard] KEY VALUE ...
+    torchrun --nproc_per_node N tools/train_net.py ...          (one process per device; multi-node: torchrun
+                                                                   --nnodes/--node_rank/--rdzv_endpoint)
+
+The device comes from MODEL.DEVICE ("cuda" falls back to an NPU or the CPU when CUDA is absent; "auto", "cpu",
+"npu" also accepted); several processes use DDP over nccl (CUDA), hccl (NPU) or gloo (CPU). A run restarts from
+OUTPUT_DIR's last checkpoint when there is one (as officially); --resume insists on it. TEST.AFTER_TRAINING
+evaluates the trained model on DATASETS.TEST; --skip-test is accepted for compatibility and changes nothing (the
+official GLIP script ignores it as well).
+"""
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from maskrcnn_benchmark.config import get_cfg_defaults  # noqa: E402
+from maskrcnn_benchmark.config.paths_catalog import try_to_find  # noqa: E402
+from maskrcnn_benchmark.data import make_data_loader  # noqa: E402
+from maskrcnn_benchmark.engine.trainer import do_train, evaluate_model  # noqa: E402
+from maskrcnn_benchmark.modeling.detector import build_detection_model  # noqa: E402
+from maskrcnn_benchmark.solver import make_lr_scheduler, make_optimizer  # noqa: E402
+from maskrcnn_benchmark.utils.amp import make_grad_scaler  # noqa: E402
+from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer  # noqa: E402
+from maskrcnn_benchmark.utils.comm import get_local_rank, get_rank, get_world_size, synchronize  # noqa: E402
+from maskrcnn_benchmark.utils.device import init_distributed, resolve_device, set_current_device  # noqa: E402
+from maskrcnn_benchmark.utils.ema import ModelEma  # noqa: E402
+from maskrcnn_benchmark.utils.logger import setup_logger  # noqa: E402
+from maskrcnn_benchmark.utils.metric_logger import MetricLogger, TensorboardLogger  # noqa: E402
+from maskrcnn_benchmark.utils.miscellaneous import mkdir, save_config, seed_all  # noqa: E402
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The official flags, Ascend's --early_stop_iteration, and --resume."""
+    parser = argparse.ArgumentParser(description="PyTorch Object Detection Training")
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to config file")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help="set by torch.distributed.launch; torchrun sets LOCAL_RANK instead")
+    parser.add_argument("--skip-test", dest="skip_test", action="store_true",
+                        help="accepted for compatibility; evaluation after training follows TEST.AFTER_TRAINING")
+    parser.add_argument("--use-tensorboard", dest="use_tensorboard", action="store_true",
+                        help="also write TensorBoard event files to OUTPUT_DIR")
+    parser.add_argument("--save_original_config", action="store_true",
+                        help="copy the config file to OUTPUT_DIR/config_original.yml")
+    parser.add_argument("--disable_output_distributed", action="store_true",
+                        help="silence the standard output of all processes but rank 0")
+    parser.add_argument("--override_output_dir", default=None, help="OUTPUT_DIR to use instead of the config's")
+    parser.add_argument("--early_stop_iteration", type=int, default=-1,
+                        help="stop after this many iterations (the LR schedule still spans the full run)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUTPUT_DIR's last checkpoint; fail when there is none")
+    parser.add_argument("opts", help="Modify config options using the command-line", default=None,
+                        nargs=argparse.REMAINDER)
+    return parser.parse_args(argv)
+
+
+def setup_config(args: argparse.Namespace, local_rank: int):
+    """Defaults, then the config file, KEY VALUE pairs and --override_output_dir; MODEL.DEVICE resolved.
+
+    Returns the frozen config and this process's device (MODEL.DEVICE then names it, e.g. "cuda:1").
+    """
+    cfg = get_cfg_defaults()
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts or [])
+    if args.override_output_dir:
+        cfg.OUTPUT_DIR = args.override_output_dir
+    device = resolve_device(cfg.MODEL.DEVICE, local_rank)
+    cfg.MODEL.DEVICE = str(device)
+    cfg.freeze()
+    return cfg, device
+
+
+def find_weight(weight: str) -> str:
+    """MODEL.WEIGHT resolved like officially (./, $DATASET, ./DATASET, ./OUTPUT, ./data, ./MODEL)."""
+    try:
+        return try_to_find(weight)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"MODEL.WEIGHT {weight!r} was not found. Put the pretrained checkpoint there (e.g. "
+            "pretrain/glip_tiny_model_o365_goldg_cc_sbu.pth, see DATA.md), give its path, or set MODEL.WEIGHT '' "
+            f"to start from random weights. ({error})"
+        ) from None
+
+
+def checkpoint_period_of(cfg, max_iter: int) -> int:
+    """SOLVER.CHECKPOINT_PERIOD, or the iterations of SOLVER.CHECKPOINT_PER_EPOCH epochs when that is set."""
+    if cfg.SOLVER.CHECKPOINT_PER_EPOCH != -1 and cfg.SOLVER.MAX_EPOCH >= 1:
+        return max(int(max_iter * cfg.SOLVER.CHECKPOINT_PER_EPOCH // cfg.SOLVER.MAX_EPOCH), 1)
+    return cfg.SOLVER.CHECKPOINT_PERIOD
+
+
+def train(cfg, device: torch.device, distributed: bool, use_tensorboard: bool = False,
+          early_stop_iteration: int = -1, resume: bool = False) -> torch.nn.Module:
+    """Build everything, load the weights or resume, train; returns the trained (unwrapped) model."""
+    logger = logging.getLogger("maskrcnn_benchmark.trainer")
+    model = build_detection_model(cfg)
+    model.to(device)
+    if cfg.SOLVER.GRAD_CLIP > 0:
+        logger.warning("SOLVER.GRAD_CLIP has no effect (officially its hooks are never registered); "
+                       "use SOLVER.CLIP_GRADIENTS.")
+
+    data_loader = make_data_loader(cfg, is_train=True, is_distributed=distributed, start_iter=0)
+    max_iter = len(data_loader)
+    if cfg.SOLVER.MAX_EPOCH >= 1:
+        logger.info("%d iterations (%d per epoch)", max_iter, max_iter // cfg.SOLVER.MAX_EPOCH)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_lr_scheduler(cfg, optimizer, max_iter)
+    scaler = make_grad_scaler(device.type, cfg.SOLVER.USE_AMP)
+    checkpointer = DetectronCheckpointer(cfg, model, optimizer, scheduler, cfg.OUTPUT_DIR,
+                                         save_to_disk=get_rank() == 0, scaler=scaler,
+                                         keep_last=cfg.SOLVER.KEEP_LAST_CHECKPOINTS)
+    resuming = checkpointer.has_checkpoint()
+    if resume and not resuming:
+        raise FileNotFoundError(f"--resume: no last_checkpoint in OUTPUT_DIR {cfg.OUTPUT_DIR!r}.")
+    if resuming:
+        logger.info("Resuming from %s", checkpointer.get_checkpoint_file())
+    weight = find_weight(cfg.MODEL.WEIGHT) if cfg.MODEL.WEIGHT and not resuming else ""
+    arguments = {"iteration": 0}
+    arguments.update(checkpointer.load(weight))
+    # Resume mid-schedule: the sampler continues from the checkpointed iteration.
+    data_loader.batch_sampler.start_iter = arguments["iteration"]
+
+    model_ema = None
+    if cfg.SOLVER.MODEL_EMA > 0:
+        # Built from the loaded weights (as officially); on resume its average is restored.
+        model_ema = ModelEma(model, decay=cfg.SOLVER.MODEL_EMA)
+        if "model_ema" in arguments:
+            model_ema.load_state_dict(arguments.pop("model_ema"))
+        checkpointer.model_ema = model_ema
+
+    if distributed:
+        accelerator = device.type in ("cuda", "npu")
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if accelerator else None,
+            output_device=device.index if accelerator else None,
+            broadcast_buffers=cfg.MODEL.BACKBONE.USE_BN, find_unused_parameters=cfg.SOLVER.FIND_UNUSED_PARAMETERS,
+        )
+        checkpointer.model = model
+
+    val_data_loader = None
+    if cfg.TEST.DURING_TRAINING:
+        val_data_loader = make_data_loader(cfg, is_train=False, is_distributed=distributed)[0]
+    if use_tensorboard:
+        meters = TensorboardLogger(cfg.OUTPUT_DIR, start_iter=arguments["iteration"], delimiter="  ")
+    else:
+        meters = MetricLogger(delimiter="  ")
+    do_train(cfg, model, data_loader, optimizer, scheduler, checkpointer, device, checkpoint_period_of(cfg, max_iter),
+             arguments, val_data_loader, meters, early_stop_iteration=early_stop_iteration, scaler=scaler,
+             model_ema=model_ema)
+    return model.module if distributed else model
+
+
+def run_test(cfg, model: torch.nn.Module, distributed: bool) -> dict:
+    """COCO box AP of `model` on each dataset of DATASETS.TEST (results in OUTPUT_DIR/inference/<name>/)."""
+    names = list(cfg.DATASETS.TEST)
+    data_loaders = make_data_loader(cfg, is_train=False, is_distributed=distributed)
+    results = {}
+    for name, data_loader in zip(names, data_loaders):
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference", name) if cfg.OUTPUT_DIR else None
+        if folder:
+            mkdir(folder)
+        results[name] = evaluate_model(cfg, model, data_loader, torch.device(cfg.MODEL.DEVICE), name, folder)
+        synchronize()
+    return results
+
+
+def main(argv: Optional[List[str]] = None) -> torch.nn.Module:
+    """Parse the command line, set up devices, processes and logging, train, then evaluate if asked."""
+    args = parse_args(argv)
+    local_rank = get_local_rank() if args.local_rank is None else args.local_rank
+    cfg, device = setup_config(args, local_rank)
+    set_current_device(device)
+    distributed = init_distributed(device)
+    if args.disable_output_distributed and get_rank() > 0:
+        sys.stdout = open(os.devnull, "w")
+    seed_all(cfg.SOLVER.SEED + get_rank())
+
+    if cfg.OUTPUT_DIR:
+        mkdir(cfg.OUTPUT_DIR)
+    logger = setup_logger("maskrcnn_benchmark", cfg.OUTPUT_DIR, get_rank())
+    logger.info(args)
+    logger.info("Using %d processes on %s", get_world_size(), device)
+    if args.config_file:
+        logger.info("Loaded configuration file %s", args.config_file)
+    logger.info("Running with config:\n%s", cfg)
+    if cfg.OUTPUT_DIR:
+        save_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yml"))
+        if args.save_original_config and args.config_file and get_rank() == 0:
+            with open(args.config_file) as source, \
+                    open(os.path.join(cfg.OUTPUT_DIR, "config_original.yml"), "w") as target:
+                target.write(source.read())
+
+    model = train(cfg, device, distributed, args.use_tensorboard, args.early_stop_iteration, args.resume)
+    if cfg.TEST.AFTER_TRAINING:
+        run_test(cfg, model, distributed)
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return model
+
+
+if __name__ == "__main__":
+    main()

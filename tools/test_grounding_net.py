@@ -18,6 +18,7 @@ from maskrcnn_benchmark.engine.inference import inference
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer
 from maskrcnn_benchmark.utils.comm import get_rank, synchronize
+from maskrcnn_benchmark.utils.device import resolve_device
 from maskrcnn_benchmark.utils.logger import setup_logger
 
 
@@ -65,7 +66,8 @@ def evaluate_datasets(model: nn.Module, cfg, log_dir: str, distributed: bool) ->
     for folder, name, data_loader in zip(output_folders, dataset_names, data_loaders):
         results[name] = inference(
             model, data_loader, dataset_name=name, iou_types=("bbox",), box_only=box_only,
-            device=cfg.MODEL.DEVICE, expected_results=cfg.TEST.EXPECTED_RESULTS,
+            device=resolve_device(cfg.MODEL.DEVICE, int(os.environ.get("LOCAL_RANK", "0"))),
+            expected_results=cfg.TEST.EXPECTED_RESULTS,
             expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL, output_folder=folder, cfg=cfg,
         )
         synchronize()
@@ -93,7 +95,7 @@ def main(argv: Optional[List[str]] = None, model: Optional[nn.Module] = None) ->
 
     if model is None:
         model = build_detection_model(cfg)
-        model.to(cfg.MODEL.DEVICE)
+        model.to(resolve_device(cfg.MODEL.DEVICE, int(os.environ.get("LOCAL_RANK", "0"))))
         checkpointer = DetectronCheckpointer(cfg, model, save_dir=cfg.OUTPUT_DIR)
         # As official: --weight is loaded as given; otherwise OUTPUT_DIR's last checkpoint wins over MODEL.WEIGHT.
         if args.weight:

@@ -13,6 +13,7 @@ from maskrcnn_benchmark.modeling.language_backbone import build_tokenizer, token
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import to_image_list
 from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer
+from maskrcnn_benchmark.utils.device import resolve_device
 
 from maskrcnn_benchmark.data.datasets.positive_maps import create_positive_dict
 
@@ -65,7 +66,7 @@ class GLIPPredictor:
 
     def __init__(self, cfg, model: Optional[nn.Module] = None, weight: Optional[str] = None):
         self.cfg = cfg.clone()
-        self.device = torch.device(cfg.MODEL.DEVICE)
+        self.device = resolve_device(cfg.MODEL.DEVICE)
         if model is None:
             model = build_detection_model(cfg)
             DetectronCheckpointer(cfg, model).load(weight or cfg.MODEL.WEIGHT, force=True)

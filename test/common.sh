@@ -200,6 +200,17 @@ launch_training() {
     > "$LOG_FILE" 2>&1
   run_status=$?
   end_time=$(date +%s)
+  if [ "$SYNTHETIC" == "True" ] && [ "$run_status" == 0 ]; then
+    draw_synthetic_predictions
+  fi
+}
+
+# A few validation images with true (green) and predicted (red) boxes, next to the loss curve in WORK_DIR.
+draw_synthetic_predictions() {
+  local root=datasets/synthetic
+  python tools/draw_detections.py --ann-file "$root/annotations/val.json" --img-dir "$root/val" \
+    --results "$WORK_DIR/inference/synthetic_val/bbox.json" --out "$WORK_DIR/val_images" --num 4 \
+    >> "$LOG_FILE" 2>&1 || echo "Drawing the validation images failed; see $LOG_FILE" >&2
 }
 
 # tools/test_grounding_net.py on coco_2017_val (COCO detection AP with the class-name prompt).

@@ -1,0 +1,72 @@
+"""Draw ground-truth (green) and detected (red, score >= threshold) boxes of a COCO-format evaluation into PNGs.
+
+Usage: python tools/draw_detections.py --ann-file ANN.json --img-dir DIR --results bbox.json --out DIR
+       [--num 4] [--threshold 0.3] [--scale 3]
+Reads the files `tools/test_grounding_net.py` writes (bbox.json holds COCO results in original image pixels).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+from PIL import Image, ImageDraw
+from pycocotools.coco import COCO
+
+GREEN, RED = (0, 220, 0), (255, 0, 0)
+
+
+def draw_image(image: Image.Image, truths: List[dict], detections: List[dict], names: Dict[int, str],
+               scale: int = 1) -> Image.Image:
+    """The image enlarged by `scale`, true boxes in green and detections (with name and score) in red."""
+    canvas = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+    for items, colour in ((truths, GREEN), (detections, RED)):
+        for item in items:
+            x, y, w, h = (v * scale for v in item["bbox"])
+            draw.rectangle([x, y, x + w, y + h], outline=colour, width=2)
+            if colour == RED:
+                draw.text((x + 3, y + 3), f"{names[item['category_id']]} {item['score']:.2f}", fill=colour)
+    return canvas
+
+
+def draw_evaluation(ann_file: str, img_dir: str, results_file: str, out_dir: str, num: int = 4,
+                    threshold: float = 0.3, scale: int = 3) -> List[Path]:
+    """Write `num` PNGs (the first images of the annotation file) and return their paths."""
+    coco = COCO(ann_file)
+    with open(results_file) as f:
+        results = json.load(f)
+    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for image_id in sorted(coco.getImgIds())[:num]:
+        info = coco.loadImgs(image_id)[0]
+        truths = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        detections = [r for r in results if r["image_id"] == image_id and r["score"] >= threshold]
+        with Image.open(Path(img_dir) / info["file_name"]) as image:
+            canvas = draw_image(image, truths, detections, names, scale)
+        path = out / f"val_{image_id:06d}.png"
+        canvas.save(path)
+        written.append(path)
+    return written
+
+
+def main() -> None:
+    """Parse the arguments and draw."""
+    parser = argparse.ArgumentParser(description="Draw true and detected boxes of an evaluation.")
+    parser.add_argument("--ann-file", required=True)
+    parser.add_argument("--img-dir", required=True)
+    parser.add_argument("--results", required=True, help="bbox.json written by tools/test_grounding_net.py")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--num", type=int, default=4)
+    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--scale", type=int, default=3)
+    args = parser.parse_args()
+    for path in draw_evaluation(args.ann_file, args.img_dir, args.results, args.out, args.num, args.threshold,
+                                args.scale):
+        sys.stdout.write(f"wrote {path}\n")
+
+
+if __name__ == "__main__":
+    main()

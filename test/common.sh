@@ -7,7 +7,7 @@
 #
 # Options (Ascend/seed interface): --batch_size=N (global batch) --load_from=FILE (pretrained weight)
 # --fp16 | --fp32 (mixed precision: float16 on NPU/GPU, bfloat16 on CPU) --data_path=DIR (holds coco/)
-# --work_dir=DIR --early_stop_iteration=N --nproc=N (processes; default: the devices present, up to WORLD_SIZE,
+# --work_dir=DIR --early_stop_iteration=N --max_epoch=N --nproc=N (processes; default: the devices present, up to WORLD_SIZE,
 # 1 on CPU) --config=FILE --small (the small test model from tests/fixtures/small on tiny images, for CPU runs)
 # --synthetic (configs/synthetic/glip_synthetic.yaml: the shrunk GLIP trained from scratch on the generated shapes
 # dataset with that config's own solver settings, no COCO needed) --device_id=N (output folder test/output/N).
@@ -23,6 +23,7 @@ SYNTHETIC=False
 DEVICE_ID=${ASCEND_DEVICE_ID:-0}
 LOAD_FROM_GIVEN=False
 BATCH_SIZE_GIVEN=False
+MAX_EPOCH_GIVEN=False
 
 parse_args() {
   for para in "$@"; do
@@ -34,6 +35,7 @@ parse_args() {
       --data_path=*) DATA_PATH=${para#*=} ;;
       --work_dir=*) WORK_DIR=${para#*=} ;;
       --early_stop_iteration=*) EARLY_STOP_ITERATION=${para#*=} ;;
+      --max_epoch=*) MAX_EPOCH=${para#*=}; MAX_EPOCH_GIVEN=True ;;
       --nproc=*) NPROC=${para#*=} ;;
       --config=*) CONFIG=${para#*=} ;;
       --small) SMALL=True ;;
@@ -167,12 +169,16 @@ coco_training_options() {
               TEST.EVAL_TASK detection)
 }
 
-# The synthetic recipe keeps its config's data, schedule and learning rates; weights only with --load_from.
+# The synthetic recipe keeps its config's data, schedule and learning rates; weights only with --load_from,
+# epochs only with --max_epoch.
 synthetic_training_options() {
   TRAIN_OPTS=()
   if [ "$LOAD_FROM_GIVEN" == "True" ]; then
     check_weight
     TRAIN_OPTS=(MODEL.WEIGHT "$LOAD_FROM")
+  fi
+  if [ "$MAX_EPOCH_GIVEN" == "True" ]; then
+    TRAIN_OPTS+=(SOLVER.MAX_EPOCH "$MAX_EPOCH")
   fi
 }
 

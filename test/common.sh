@@ -57,8 +57,12 @@ enter_repo_root() {
   export PYTHONPATH=${cur_path}${PYTHONPATH:+:$PYTHONPATH}
 }
 
-# DEVICE_TYPE (npu, cuda or cpu) and DEVICE_COUNT of this machine.
+# DEVICE_TYPE (npu, cuda or cpu) and DEVICE_COUNT of this machine. torch_npu needs the CANN environment before
+# it imports, so env_npu.sh is sourced first wherever an Ascend install exists.
 detect_devices() {
+  if [ -e /etc/Ascend/ascend_cann_install.info ] || [ -d "${CANN_INSTALL_PATH:-/usr/local/Ascend}" ]; then
+    source "${test_path_dir}/env_npu.sh"
+  fi
   read -r DEVICE_TYPE DEVICE_COUNT < <(python - <<'EOF'
 import importlib
 import torch
@@ -75,9 +79,6 @@ else:
     print("cpu", 1)
 EOF
   )
-  if [ "$DEVICE_TYPE" == "npu" ] && [ -f "${test_path_dir}/env_npu.sh" ]; then
-    source "${test_path_dir}/env_npu.sh"
-  fi
 }
 
 fail() {

@@ -2,6 +2,8 @@
 import torch
 import torchvision
 
+from ._ops import dispatchable
+
 # Legacy pixel convention of the compiled kernels: a box [x1, x2] is x2 - x1 + 1 wide.
 TO_REMOVE = 1
 
@@ -28,6 +30,7 @@ def _stable_rank_scores(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     return ranks
 
 
+@dispatchable("ml_nms")
 def ml_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, thresh: float) -> torch.Tensor:
     """Class-aware NMS with the semantics of the official CUDA `ml_nms` kernel; kept indices sorted ascending.
 

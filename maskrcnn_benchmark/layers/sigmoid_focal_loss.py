@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._ops import dispatchable
+
 # log(FLT_MIN): the kernel takes log(max(p, FLT_MIN)) for the positive term.
 _LOG_FLT_MIN = math.log(torch.finfo(torch.float32).tiny)
 
@@ -54,6 +56,7 @@ class SigmoidFocalLoss(nn.Module):
         return f"gamma={self.gamma}, alpha={self.alpha}"
 
 
+@dispatchable("token_sigmoid_focal_loss")
 def token_sigmoid_binary_focal_loss(
     pred_logits: torch.Tensor,
     targets: torch.Tensor,

@@ -8,7 +8,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
+from maskrcnn_benchmark.layers.fast_path import fast_path_enabled
+
 STAGE_NAMES = ("stage2", "stage3", "stage4", "stage5")
+# Tokens per chunk of the inference-time MLP (bounds the memory of its hidden activations).
+MLP_CHUNK = 8192
 
 
 def trunc_normal_inverse_cdf_(tensor: torch.Tensor, std: float, bound: float = 2.0) -> torch.Tensor:
@@ -72,7 +76,10 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply fc1, GELU, fc2."""
-        return self.fc2(self.act(self.fc1(x)))
+        if torch.is_grad_enabled() or x.shape[-2] <= MLP_CHUNK:
+            return self.fc2(self.act(self.fc1(x)))
+        # Inference: tokens are independent, so only one chunk's (4x wider) hidden activations exist at a time.
+        return torch.cat([self.fc2(self.act(self.fc1(chunk))) for chunk in x.split(MLP_CHUNK, dim=-2)], dim=-2)
 
 
 class WindowAttention(nn.Module):
@@ -192,8 +199,11 @@ class BasicLayer(nn.Module):
         if len(self.blocks) > 1:  # only odd-numbered blocks shift
             shift_mask = shifted_window_mask(-(-height // ws) * ws, -(-width // ws) * ws, ws, self.shift_size,
                                              x.device)
+        # The fast path always recomputes the blocks in backward when training: about 5% more time for the
+        # step, and the largest activations of the model (stage 1 at 1/4 resolution) are not kept.
+        recompute = (self.use_checkpoint or (self.training and fast_path_enabled())) and torch.is_grad_enabled()
         for block in self.blocks:
-            if self.use_checkpoint and torch.is_grad_enabled():
+            if recompute:
                 x = checkpoint(block, x, height, width, shift_mask, use_reentrant=False)
             else:
                 x = block(x, height, width, shift_mask)

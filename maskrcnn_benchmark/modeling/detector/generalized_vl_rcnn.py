@@ -4,6 +4,7 @@ from typing import Dict, List, Optional, Union
 import torch
 from torch import nn
 
+from maskrcnn_benchmark.layers.fast_path import fast_path_enabled
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
 
@@ -103,12 +104,36 @@ class GeneralizedVLRCNN(nn.Module):
             if captions is None:
                 raise ValueError("Pass captions (list of str) or tokenized captions.")
             tokenized = self.tokenize(captions, device)
+        if fast_path_enabled():
+            tokenized = self._trim_padding(tokenized, positive_map)
         language_dict_features = self.encode_language(tokenized)
         visual_features = self.backbone(images.tensors)
         if targets is not None:
             targets = [target.to(device) for target in targets]
         detections, losses = self.rpn(images, visual_features, targets, language_dict_features, positive_map)
         return losses if self.training else detections
+
+    def _trim_padding(self, tokenized: Dict[str, torch.Tensor], positive_map: PositiveMap) -> Dict[str, torch.Tensor]:
+        """Drop the padding columns after the longest caption of the batch (and after every token positive_map
+        names).
+
+        Exact for everything the model returns: padded tokens are masked keys everywhere (their attention
+        weight is exactly 0), so real tokens never see them, and their own outputs are either masked out of the
+        token loss or never read. The loss keeps the official "no object" target on the last padded position,
+        which the text mask hides unless that position is a real token (then nothing is trimmed).
+        """
+        real = tokenized["attention_mask"] != 0
+        if self.mask_special:
+            real = real | (tokenized["special_tokens_mask"] == 0)
+        num_tokens = real.shape[1]
+        used = torch.nonzero(real.any(dim=0))
+        length = int(used.max()) + 1 if used.numel() else 1
+        if isinstance(positive_map, dict):
+            length = max([length] + [max(tokens) + 1 for tokens in positive_map.values() if len(tokens)])
+        if length >= num_tokens:
+            return tokenized
+        return {key: value[:, :length] if value.dim() == 2 and value.shape[1] == num_tokens else value
+                for key, value in tokenized.items()}
 
     def encode_language(self, tokenized: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Run the language backbone on tokenised captions."""

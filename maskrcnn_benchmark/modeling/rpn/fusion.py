@@ -3,9 +3,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maskrcnn_benchmark.layers.fast_path import fast_path_enabled
+
 CLAMP_VALUE = 50000.0
 # Additive score for padded language tokens; valid tokens get their mask value (+1) added instead.
 PADDING_SCORE = -9e15
+# Visual tokens per chunk of the inference-time visual attention (bounds its temporary memory).
+VISUAL_CHUNK = 4096
 
 
 class BiMultiHeadAttention(nn.Module):
@@ -50,12 +54,12 @@ class BiMultiHeadAttention(nn.Module):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
 
-    def _clamp(self, scores: Tensor) -> Tensor:
-        if self.clamp_min_for_underflow:
-            scores = scores.clamp(min=-CLAMP_VALUE)
-        if self.clamp_max_for_overflow:
-            scores = scores.clamp(max=CLAMP_VALUE)
-        return scores
+    def _clamp(self, scores: Tensor, inplace: bool = False) -> Tensor:
+        low = -CLAMP_VALUE if self.clamp_min_for_underflow else None
+        high = CLAMP_VALUE if self.clamp_max_for_overflow else None
+        if low is None and high is None:
+            return scores
+        return scores.clamp_(min=low, max=high) if inplace else scores.clamp(min=low, max=high)
 
     def _split_heads(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
@@ -68,6 +72,18 @@ class BiMultiHeadAttention(nn.Module):
 
         `attention_mask_l` (N, Ll) is 1 for real tokens and 0 for padding; it only masks the visual-query side.
         """
+        if fast_path_enabled() and not _is_half(v, self.v_proj.weight):
+            return self._forward_folded(v, l, attention_mask_l)
+        return self._forward_reference(v, l, attention_mask_l)
+
+    def _padding_scores(self, attention_mask_l: Tensor, dtype: torch.dtype) -> Tensor:
+        """Official additive language mask: the mask value (1) for real tokens, PADDING_SCORE for padding."""
+        return attention_mask_l.to(dtype).masked_fill(attention_mask_l == 0, PADDING_SCORE)
+
+    def _forward_reference(
+        self, v: Tensor, l: Tensor, attention_mask_l: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """The official computation: project both sides, materialise the shared score matrix per head."""
         query = self._split_heads(self.v_proj(v) * self.scale)
         key = self._split_heads(self.l_proj(l))
         value_v = self._split_heads(self.values_v_proj(v))
@@ -82,8 +98,7 @@ class BiMultiHeadAttention(nn.Module):
         probs_l = scores_l.softmax(dim=-1)
 
         if attention_mask_l is not None:
-            mask = attention_mask_l.to(scores.dtype).masked_fill(attention_mask_l == 0, PADDING_SCORE)
-            scores = scores + mask[:, None, None, :]
+            scores = scores + self._padding_scores(attention_mask_l, scores.dtype)[:, None, None, :]
         probs_v = scores.softmax(dim=-1)
 
         probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
@@ -92,6 +107,99 @@ class BiMultiHeadAttention(nn.Module):
         delta_v = self.out_v_proj(self._merge_heads(torch.matmul(probs_v, value_l)))
         delta_l = self.out_l_proj(self._merge_heads(torch.matmul(probs_l, value_v)))
         return delta_v, delta_l
+
+    def _forward_folded(
+        self, v: Tensor, l: Tensor, attention_mask_l: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Same function with every projection of the (many) visual tokens folded into the (few) text tokens.
+
+        Per head h, q_h . k_h = v . (k_h W_q,h) + b_q,h . k_h, the value projection of the visual output
+        commutes with the attention (out_v_proj folded into value_l), and the language side attends over the
+        raw visual tokens and projects its (few) outputs afterwards. So the visual tokens only meet three
+        matmuls of width heads * Ll: the shared scores, probs_v @ values, probs_l^T @ v. The scores are
+        materialised once for both directions, so the official clamps apply unchanged (they are skipped
+        only when a norm bound proves that they cannot bind).
+        """
+        batch, num_text = l.shape[:2]
+        heads, head_dim, v_dim = self.num_heads, self.head_dim, v.shape[-1]
+        key = self._split_heads(self.l_proj(l)) * self.scale  # (N, heads, Ll, head_dim)
+        q_weight = self.v_proj.weight.view(heads, head_dim, v_dim)
+        text_keys = torch.matmul(key, q_weight).reshape(batch, heads * num_text, v_dim)
+        text_bias = torch.matmul(key, self.v_proj.bias.view(heads, head_dim, 1)).reshape(batch, 1, -1)
+        out_weight = self.out_v_proj.weight.view(v_dim, heads, head_dim).permute(1, 2, 0)
+        text_values = torch.matmul(self._split_heads(self.values_l_proj(l)), out_weight)
+
+        scores = torch.baddbmm(text_bias, v, text_keys.transpose(1, 2))  # (N, Lv, heads * Ll)
+        if self._clamp_may_bind(v, text_keys, text_bias):
+            scores = self._clamp(scores, inplace=not torch.is_grad_enabled())
+
+        padding = None
+        if attention_mask_l is not None:
+            padding = self._padding_scores(attention_mask_l, scores.dtype)[:, None, None, :]
+        text_values = text_values.reshape(batch, heads * num_text, v_dim)
+        if torch.is_grad_enabled():
+            delta_v = self._visual_update(scores, padding, text_values)
+        else:
+            # Visual queries are independent: in chunks, only one chunk's probabilities exist at a time.
+            delta_v = torch.cat([self._visual_update(chunk, padding, text_values)
+                                 for chunk in scores.split(VISUAL_CHUNK, dim=1)], dim=1)
+        return delta_v, self._language_update(v, scores, batch, num_text)
+
+    def _clamp_may_bind(self, v: Tensor, text_keys: Tensor, text_bias: Tensor) -> bool:
+        """False when Cauchy-Schwarz proves |score| < 50000 everywhere, so the clamps cannot change anything."""
+        if not (self.clamp_min_for_underflow or self.clamp_max_for_overflow):
+            return False
+        with torch.no_grad():
+            bound = (v.float().norm(dim=-1).amax() * text_keys.float().norm(dim=-1).amax()
+                     + text_bias.float().abs().amax())
+        # The margin covers the rounding of the computed scores, bfloat16 included.
+        return bool(bound >= 0.9 * CLAMP_VALUE)
+
+    def _visual_update(self, scores: Tensor, padding: Tensor | None, text_values: Tensor) -> Tensor:
+        """Visual side of the folded attention for the visual tokens of `scores` (N, L, heads * Ll)."""
+        batch, length = scores.shape[:2]
+        scores = scores.view(batch, length, self.num_heads, -1)
+        if padding is not None:
+            scores = scores + padding
+        probs = F.dropout(scores.softmax(dim=-1), p=self.dropout, training=self.training)
+        return torch.baddbmm(self.out_v_proj.bias, probs.view(batch, length, -1), text_values)
+
+    def _language_update(self, v: Tensor, scores: Tensor, batch: int, num_text: int) -> Tensor:
+        """Language side of the folded attention: softmax of the scores over the visual tokens, then values.
+
+        The official extra clamp of (scores - max) at -50000 is omitted: exp of anything below -50000 is 0 in
+        every float dtype, clamped or not.
+        """
+        heads, head_dim = self.num_heads, self.head_dim
+        if torch.is_grad_enabled():
+            exp_scores = (scores - scores.amax(dim=1, keepdim=True)).exp()
+        else:
+            exp_scores = scores.sub_(scores.amax(dim=1, keepdim=True)).exp_()
+        sums = exp_scores.sum(dim=1)  # (N, heads * Ll)
+        if self.training and self.dropout > 0:
+            probs = F.dropout(exp_scores / sums[:, None, :], p=self.dropout, training=True)
+            attended = torch.bmm(probs.transpose(1, 2), v)
+            weights = probs.sum(dim=1)  # rows of dropped-out probabilities no longer sum to 1
+        else:
+            attended = torch.bmm(exp_scores.transpose(1, 2), v) / sums[:, :, None]
+            weights = None
+        del exp_scores
+        value_weight = self.values_v_proj.weight.view(heads, head_dim, -1).transpose(1, 2)
+        values = torch.matmul(attended.view(batch, heads, num_text, -1), value_weight)
+        value_bias = self.values_v_proj.bias.view(heads, 1, head_dim)
+        if weights is None:
+            values = values + value_bias
+        else:
+            values = values + weights.view(batch, heads, num_text, 1) * value_bias
+        return self.out_l_proj(self._merge_heads(values))
+
+
+def _is_half(*tensors: Tensor) -> bool:
+    """Whether the attention would run in float16, where the reference order of operations is kept."""
+    device_type = tensors[0].device.type
+    if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16:
+        return True
+    return any(t.dtype == torch.float16 for t in tensors)
 
 
 class BiAttentionBlock(nn.Module):

@@ -1,5 +1,5 @@
 """ATSS training loss of GLIP's head: ATSS anchor assignment, GIoU box loss, centerness loss and token loss."""
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -99,15 +99,22 @@ class ATSSLossComputation:
         self.dot_product_token_loss_weight = dot_product_token_loss_weight
 
     def prepare_targets(
-        self, targets: Sequence[BoxList], anchors: Sequence[Sequence[BoxList]], positive_map: torch.Tensor
+        self, targets: Sequence[BoxList], anchors: Sequence[Sequence[BoxList]], positive_map: torch.Tensor,
+        num_tokens: Optional[int] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per anchor of all images: positive flag (N*A,), matched box (N*A, 4) and token target (N, A, T).
 
         positive_map holds one 0/1 token row per target box, all images concatenated. Background anchors get
-        the target 1 on the last token only (GLIP's "no object" token).
+        the target 1 on the last column of positive_map only (GLIP's "no object" token). With `num_tokens`
+        (text trimmed after the longest caption), only the first num_tokens columns are kept, and the "no
+        object" target only if its column is among them.
         """
-        no_object_row = positive_map.new_zeros(1, positive_map.shape[1])
-        no_object_row[0, -1] = 1
+        width = positive_map.shape[1]
+        num_tokens = width if num_tokens is None else num_tokens
+        positive_map = positive_map[:, :num_tokens]
+        no_object_row = positive_map.new_zeros(1, num_tokens)
+        if width - 1 < num_tokens:
+            no_object_row[0, width - 1] = 1
         positives, matched_boxes, token_targets = [], [], []
         row_offset = 0
         for image_targets, image_anchors in zip(targets, anchors):
@@ -168,7 +175,8 @@ class ATSSLossComputation:
         token_logits = torch.cat(list(dot_product_logits), dim=1).float()
         anchors_flat = torch.cat([level.bbox for image_anchors in anchors for level in image_anchors])
 
-        positives, matched_boxes, token_targets = self.prepare_targets(targets, anchors, positive_map.to(token_logits))
+        positives, matched_boxes, token_targets = self.prepare_targets(
+            targets, anchors, positive_map.to(token_logits), num_tokens=token_logits.shape[-1])
         positive_index = torch.nonzero(positives).squeeze(1)
 
         num_gpus = _world_size()

@@ -10,6 +10,7 @@ from transformers import BertConfig
 
 from maskrcnn_benchmark.layers.deform_conv import ModulatedDeformConv
 from maskrcnn_benchmark.layers.dyrelu import DyReLU, h_sigmoid
+from maskrcnn_benchmark.layers.fast_path import fast_path_enabled
 from maskrcnn_benchmark.layers.misc import Scale
 from maskrcnn_benchmark.modeling.rpn.fusion import BiAttentionBlock
 from maskrcnn_benchmark.modeling.rpn.modeling_bert import BertEncoderLayer
@@ -79,8 +80,13 @@ class DyConv(nn.Module):
         outputs = []
         for level in range(len(visual)):
             terms = self._level_terms(visual, level)
-            gates = h_sigmoid(torch.stack([self.AttnConv(term) for term in terms]))
-            outputs.append(self.relu(torch.mean(torch.stack(terms) * gates, dim=0)))
+            if fast_path_enabled():
+                # The mean of the gated terms, summed in the same order without stacking them.
+                fused = sum(term * h_sigmoid(self.AttnConv(term)) for term in terms) / len(terms)
+            else:
+                gates = h_sigmoid(torch.stack([self.AttnConv(term) for term in terms]))
+                fused = torch.mean(torch.stack(terms) * gates, dim=0)
+            outputs.append(self.relu(fused))
         return outputs
 
 
@@ -139,6 +145,7 @@ class VLDyHead(nn.Module):
         super().__init__()
         lang_dim = language_config.hidden_size
         self.clamp_dot_product = clamp_dot_product
+        self.use_checkpoint = use_checkpoint
         tower = []
         for _ in range(num_convs):
             b_attn = BiAttentionBlock(
@@ -169,11 +176,15 @@ class VLDyHead(nn.Module):
         self.scales = nn.ModuleList([Scale(1.0) for _ in range(NUM_LEVELS)])
 
     def _run_tower(self, visual: list[Tensor], hidden: Tensor, masks: Tensor) -> tuple[list[Tensor], Tensor]:
+        # With USE_CHECKPOINT the official code recomputes only the fusion; the fast path also recomputes the
+        # DyConv blocks (deterministic, so the same values), whose many full-resolution activations dominate
+        # the training memory otherwise.
+        checkpoint_dyconv = self.use_checkpoint and self.training and torch.is_grad_enabled() and fast_path_enabled()
         for i in range(0, len(self.dyhead_tower), 3):
             fuse, bert_layer, dyconv = self.dyhead_tower[i:i + 3]
             visual, hidden = fuse(visual, hidden, masks)
             hidden = bert_layer(hidden, masks)
-            visual = dyconv(visual)
+            visual = checkpoint(dyconv, visual, use_reentrant=False) if checkpoint_dyconv else dyconv(visual)
         return visual, hidden
 
     def _dot_product_logits(self, feature: Tensor, proj_tokens: Tensor, token_bias: Tensor) -> Tensor:

@@ -1,0 +1,262 @@
+"""The optimised default path against the reference path (`reference_mode()`): same outputs, losses and grads."""
+import math
+
+import pytest
+import torch
+from torchvision.ops import deform_conv2d
+
+from conftest import small_raw_cfg
+from maskrcnn_benchmark.layers import fast_path_enabled, reference_mode
+from maskrcnn_benchmark.layers.deform_conv import modulated_deform_conv
+from maskrcnn_benchmark.modeling.box_coder import BoxCoder
+from maskrcnn_benchmark.modeling.detector import build_detection_model
+from maskrcnn_benchmark.modeling.rpn.fusion import BiMultiHeadAttention
+from maskrcnn_benchmark.modeling.rpn.loss import make_atss_loss_evaluator
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.image_list import to_image_list
+from test_atss import _loss_inputs
+from test_model_golden import small_cfg
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+SHORT_CAPTION = "a man riding a red bicycle next to a dog."
+
+
+def test_reference_mode_switch_nests_and_restores():
+    assert fast_path_enabled()
+    with reference_mode():
+        assert not fast_path_enabled()
+        with reference_mode(False):
+            assert fast_path_enabled()
+        assert not fast_path_enabled()
+    assert fast_path_enabled()
+
+
+# ---- fusion attention ---------------------------------------------------------------------------------------
+
+def _both_paths(module, *inputs):
+    fast = module(*inputs)
+    with reference_mode():
+        reference = module(*inputs)
+    return fast, reference
+
+
+@pytest.mark.parametrize("mask_rows", [None, [5, 3], [0, 4]])
+def test_bi_attention_paths_agree(mask_rows):
+    torch.manual_seed(0)
+    attn = BiMultiHeadAttention(16, 24, 32, 4, dropout=0.0, clamp_min_for_underflow=True,
+                                clamp_max_for_overflow=True).eval()
+    v, l = torch.randn(2, 37, 16), torch.randn(2, 5, 24)
+    mask = None
+    if mask_rows is not None:  # real tokens per caption; [0, ...]: a caption without any real token
+        mask = (torch.arange(5)[None] < torch.tensor(mask_rows)[:, None]).long()
+    fast, reference = _both_paths(attn, v, l, mask)
+    torch.testing.assert_close(fast[0], reference[0], **TOL)
+    torch.testing.assert_close(fast[1], reference[1], **TOL)
+
+
+def test_bi_attention_paths_agree_when_the_clamps_bind():
+    torch.manual_seed(0)
+    attn = BiMultiHeadAttention(8, 8, 16, 2, dropout=0.0, clamp_min_for_underflow=True,
+                                clamp_max_for_overflow=True).eval()
+    v, l = torch.randn(1, 20, 8) * 300, torch.randn(1, 6, 8) * 300
+    with torch.no_grad():
+        scores = (attn.v_proj(v) * attn.scale) @ attn.l_proj(l).transpose(1, 2)
+    assert scores.abs().max() > 1e5  # the +-50000 clamps change the scores
+    fast, reference = _both_paths(attn, v, l, torch.ones(1, 6, dtype=torch.long))
+    torch.testing.assert_close(fast[0], reference[0], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(fast[1], reference[1], atol=1e-3, rtol=1e-4)
+
+
+def test_bi_attention_gradients_agree():
+    torch.manual_seed(0)
+    attn = BiMultiHeadAttention(16, 24, 32, 4, dropout=0.0, clamp_min_for_underflow=True,
+                                clamp_max_for_overflow=True).train()
+    v, l = torch.randn(2, 37, 16, requires_grad=True), torch.randn(2, 5, 24, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+
+    def grads():
+        attn.zero_grad(set_to_none=True)
+        v.grad = l.grad = None
+        delta_v, delta_l = attn(v, l, mask)
+        (delta_v.square().sum() + (delta_l * mask[..., None]).square().sum()).backward()
+        return [v.grad, l.grad] + [p.grad for p in attn.parameters()]
+
+    fast = grads()
+    with reference_mode():
+        reference = grads()
+    for a, b in zip(fast, reference):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_bi_attention_dropout_keeps_the_expected_value():
+    """With dropout the folded language side rescales the value bias by the kept probability mass."""
+    torch.manual_seed(0)
+    attn = BiMultiHeadAttention(8, 8, 16, 2, dropout=0.5).train()
+    with torch.no_grad():
+        attn.values_v_proj.bias.fill_(3.0)
+    v, l = torch.randn(1, 50, 8), torch.randn(1, 4, 8)
+    with torch.no_grad():
+        mean_delta_l = torch.stack([attn(v, l, None)[1] for _ in range(400)]).mean(0)
+        expected = attn.eval()(v, l, None)[1]
+    torch.testing.assert_close(mean_delta_l, expected, atol=0.15, rtol=0)
+
+
+# ---- deformable convolution ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stride, offset_hw", [(1, (6, 7)), (2, (3, 4)), (1, (8, 8))])
+def test_deform_conv_paths_agree(stride, offset_hw):
+    """Eval sampling and training backward against torchvision, incl. offsets read as a per-sample buffer."""
+    torch.manual_seed(stride)
+    image = torch.randn(2, 5, 6, 7, requires_grad=True)
+    offset = (torch.randn(2, 18, *offset_hw) * 2).requires_grad_(True)
+    mask = torch.rand(2, 9, *offset_hw, requires_grad=True)
+    weight = torch.randn(4, 5, 3, 3, requires_grad=True)
+    bias = torch.randn(4, requires_grad=True)
+    inputs = (image, offset, mask, weight, bias)
+
+    def run():
+        out = modulated_deform_conv(*inputs, stride=stride, padding=1)
+        grads = torch.autograd.grad(out.square().sum(), inputs)
+        with torch.no_grad():
+            return [out, modulated_deform_conv(*inputs, stride=stride, padding=1), *grads]
+
+    fast = run()
+    with reference_mode():
+        reference = run()
+    for a, b in zip(fast, reference):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    if offset_hw == (6, 7):
+        direct = deform_conv2d(image, offset, weight, bias, padding=1, mask=mask)
+        torch.testing.assert_close(fast[1], direct, atol=1e-5, rtol=1e-5)
+
+
+def test_deform_conv_leaves_its_bias_alone_on_a_single_output_pixel():
+    weight, bias, image = torch.randn(4, 3, 3, 3), torch.randn(4), torch.randn(1, 3, 1, 1)
+    before = bias.clone()
+    with torch.no_grad():
+        out = modulated_deform_conv(image, torch.zeros(1, 18, 1, 1), torch.ones(1, 9, 1, 1), weight, bias, padding=1)
+    assert torch.equal(bias, before)
+    # Zero offsets: only the centre tap sees the pixel, the others read the zero padding.
+    torch.testing.assert_close(out.flatten(), weight[:, :, 1, 1] @ image.flatten() + bias)
+
+
+# ---- whole model --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_model(small_state_dict):
+    model = build_detection_model(small_cfg())
+    model.load_state_dict(small_state_dict, strict=True)
+    return model
+
+
+def _random_images(sizes, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return to_image_list([torch.randn(3, h, w, generator=generator) * 50 for h, w in sizes], size_divisible=32)
+
+
+def _record_head_outputs(model):
+    records = []
+    handle = model.rpn.head.register_forward_hook(lambda m, args, out: records.append(out))
+    return records, handle
+
+
+@pytest.mark.parametrize("sizes, captions", [
+    ([(96, 128)], ["coco"]),
+    ([(100, 70), (64, 160)], ["coco", SHORT_CAPTION]),
+    ([(64, 64), (90, 90), (128, 96)], [SHORT_CAPTION, SHORT_CAPTION, SHORT_CAPTION]),
+])
+def test_eval_paths_agree(small_model, small_case, sizes, captions):
+    given = small_case["inputs"]["eval"]
+    positive_map = given["positive_map_label_to_token"] if "coco" in captions else {1: [1, 2], 2: [5, 6, 7], 3: [10]}
+    captions = [given["captions"][0] if c == "coco" else c for c in captions]
+    images = _random_images(sizes, seed=len(sizes))
+    small_model.eval()
+    records, handle = _record_head_outputs(small_model)
+    try:
+        with torch.no_grad():
+            fast = small_model(images, captions=captions, positive_map=positive_map)
+            with reference_mode():
+                reference = small_model(images, captions=captions, positive_map=positive_map)
+    finally:
+        handle.remove()
+    fast_head, reference_head = records
+    num_tokens = fast_head.dot_product_logits[0].shape[-1]
+    assert reference_head.dot_product_logits[0].shape[-1] == 256
+    assert num_tokens < 256  # the text was trimmed after the longest caption
+    for name in ("box_regression", "centerness"):
+        for a, b in zip(getattr(fast_head, name), getattr(reference_head, name)):
+            torch.testing.assert_close(a, b, **TOL)
+    for a, b in zip(fast_head.dot_product_logits, reference_head.dot_product_logits):
+        torch.testing.assert_close(a, b[..., :num_tokens], **TOL)
+    for a, b in zip(fast, reference):
+        assert len(a) == len(b)
+        order_a = torch.argsort(a.get_field("scores"), descending=True)
+        order_b = torch.argsort(b.get_field("scores"), descending=True)
+        torch.testing.assert_close(a.get_field("scores")[order_a], b.get_field("scores")[order_b], **TOL)
+        torch.testing.assert_close(a.bbox[order_a], b.bbox[order_b], atol=1e-3, rtol=1e-4)
+
+
+def _train_step(model, images, targets, captions, positive_map):
+    model.zero_grad(set_to_none=True)
+    losses = model(images, targets=targets, captions=captions, positive_map=positive_map)
+    sum(losses.values()).backward()
+    return {k: float(v.detach()) for k, v in losses.items()}, {n: p.grad.clone() for n, p in model.named_parameters()
+                                                       if p.grad is not None}
+
+
+@pytest.mark.parametrize("sizes", [[(96, 128)], [(100, 70), (64, 160)]])
+def test_train_losses_and_gradients_agree(small_model, small_case, sizes):
+    given = small_case["inputs"]["train"]
+    images = _random_images(sizes, seed=10 + len(sizes))
+    targets, rows = [], []
+    generator = torch.Generator().manual_seed(3)
+    for h, w in sizes:
+        xy = torch.rand(3, 2, generator=generator) * torch.tensor([w * 0.5, h * 0.5])
+        wh = torch.rand(3, 2, generator=generator) * torch.tensor([w * 0.4, h * 0.4]) + 8
+        target = BoxList(torch.cat((xy, xy + wh), dim=1), (w, h), mode="xyxy")
+        target.add_field("labels", torch.tensor([1, 2, 3]))
+        targets.append(target)
+    positive_map = given["positive_map"][:3 * len(sizes)].clone()
+    captions = given["captions"][::-1][:len(sizes)]
+    small_model.train()
+    fast_losses, fast_grads = _train_step(small_model, images, targets, captions, positive_map)
+    with reference_mode():
+        reference_losses, reference_grads = _train_step(small_model, images, targets, captions, positive_map)
+    for name, value in reference_losses.items():
+        assert math.isclose(fast_losses[name], value, rel_tol=1e-4, abs_tol=1e-6), name
+    assert fast_grads.keys() == reference_grads.keys()
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, atol=1e-4 * float(grad.abs().max()) + 1e-9, rtol=1e-3,
+                                   msg=name)
+
+
+# ---- token loss with trimmed text ---------------------------------------------------------------------------
+
+def test_no_object_target_only_when_its_token_is_kept():
+    cfg = small_raw_cfg()
+    loss_evaluator = make_atss_loss_evaluator(cfg, BoxCoder((10.0, 10.0, 5.0, 5.0), math.log(1000.0 / 16)))
+    _, _, _, targets, anchors, positive_map, _ = _loss_inputs(cfg, [3, 2], requires_grad=False)
+    positives, _, full = loss_evaluator.prepare_targets(targets, anchors, positive_map)
+    width = positive_map.shape[1]
+    assert torch.all(full[..., -1].flatten()[~positives] == 1)
+    _, _, trimmed = loss_evaluator.prepare_targets(targets, anchors, positive_map, num_tokens=width - 7)
+    torch.testing.assert_close(trimmed, full[..., :width - 7])
+    _, _, kept = loss_evaluator.prepare_targets(targets, anchors, positive_map, num_tokens=width)
+    torch.testing.assert_close(kept, full)
+
+
+def test_checkpointed_tower_gives_the_same_gradients(small_case, small_state_dict):
+    """With USE_CHECKPOINT the fast path also recomputes DyConv in backward: values and gradients unchanged."""
+    from test_vldyhead import head_inputs, small_head
+
+    def step(use_checkpoint):
+        head = small_head(small_state_dict, attn_dropout=0.0, use_checkpoint=use_checkpoint).train()
+        features, language = head_inputs(small_case)
+        features = [f.clone().requires_grad_(True) for f in features]
+        output = head(features, language)
+        loss = sum(t.square().mean() for t in output.box_regression + output.centerness + output.dot_product_logits)
+        loss.backward()
+        return [loss.detach()] + [f.grad for f in features] + [p.grad for p in head.parameters() if p.requires_grad]
+
+    for a, b in zip(step(True), step(False)):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

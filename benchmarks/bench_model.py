@@ -57,15 +57,21 @@ def coco_prompt() -> "tuple[str, dict]":
     return caption, positive_map
 
 
-def build_model(device: str, stochastic: bool = True) -> torch.nn.Module:
-    """Full-size GLIP-T from the official config, random weights; without dropout/drop-path/DropBlock unless
-    `stochastic` (then two paths draw different random numbers and their training outputs cannot be compared)."""
+def glip_t_config(device: str, stochastic: bool = True):
+    """The official GLIP-T config with no weight file; without dropout/drop-path/DropBlock unless `stochastic`
+    (then two paths draw different random numbers and their training outputs cannot be compared)."""
     cfg = get_cfg_defaults()
     cfg.merge_from_file(str(ROOT / "configs/pretrain/glip_Swin_T_O365_GoldG.yaml"))
     cfg.merge_from_list(["MODEL.WEIGHT", "", "MODEL.DEVICE", device])
     if not stochastic:
         cfg.merge_from_list(["MODEL.SWINT.DROP_PATH_RATE", 0.0, "MODEL.FPN.DROP_BLOCK", False,
                              "MODEL.DYHEAD.FUSE_CONFIG.ATTN_DROPOUT", 0.0])
+    return cfg
+
+
+def build_model(device: str, stochastic: bool = True, cfg=None) -> torch.nn.Module:
+    """Full-size GLIP-T with random weights (seed 0) on `device`, from `cfg` or `glip_t_config`."""
+    cfg = cfg if cfg is not None else glip_t_config(device, stochastic)
     torch.manual_seed(0)
     model = build_detection_model(cfg).to(device)
     if not stochastic:
@@ -198,6 +204,23 @@ def compare(mode: str, fast: dict, reference: dict) -> str:
             f"max |box diff| {box_diff:.2e} px, labels {'equal' if same_labels else 'differ'}")
 
 
+def run_path_workers(script: str, paths, worker_args):
+    """Run `script --worker PATH --out FILE *worker_args` for each path in its own process; yield (path, result)."""
+    with tempfile.TemporaryDirectory() as folder:
+        for path in paths:
+            out = os.path.join(folder, f"{path}.pt")
+            subprocess.run([sys.executable, script, "--worker", path, "--out", out, *worker_args], check=True)
+            yield path, torch.load(out, weights_only=True)
+
+
+def machine_line(threads: int) -> str:
+    """Load average and matmul speed now: the context every timing needs on a shared machine."""
+    load = os.getloadavg()
+    return (f"machine: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; matmul 2048^3 with {threads} "
+            f"threads: fp32 {matmul_gflops(torch.float32, threads):.0f} GFLOP/s, "
+            f"bf16 {matmul_gflops(torch.bfloat16, threads):.0f} GFLOP/s")
+
+
 def main() -> None:
     """Parse arguments; as parent, run every path in a subprocess and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -217,24 +240,17 @@ def main() -> None:
         run_worker(args)
         return
 
-    load = os.getloadavg()
-    print(f"machine: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; matmul 2048^3 with {args.threads} "
-          f"threads: fp32 {matmul_gflops(torch.float32, args.threads):.0f} GFLOP/s, "
-          f"bf16 {matmul_gflops(torch.bfloat16, args.threads):.0f} GFLOP/s")
+    print(machine_line(args.threads))
+    worker_args = ["--mode", args.mode, "--device", args.device, "--dtype", args.dtype,
+                   "--size", *map(str, args.size), "--repeat", str(args.repeat), "--threads", str(args.threads)]
+    worker_args += ["--stochastic"] if args.stochastic else []
     results = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for path in args.paths:
-            out = os.path.join(folder, f"{path}.pt")
-            command = [sys.executable, __file__, "--worker", path, "--out", out, "--mode", args.mode,
-                       "--device", args.device, "--dtype", args.dtype, "--size", *map(str, args.size),
-                       "--repeat", str(args.repeat), "--threads", str(args.threads)]
-            command += ["--stochastic"] if args.stochastic else []
-            subprocess.run(command, check=True)
-            results[path] = torch.load(out, weights_only=True)
-            times = results[path]["times"]
-            print(f"GLIP-T {args.mode} {args.device} {args.dtype} image {args.size[0]}x{args.size[1]} "
-                  f"threads {args.threads} {path:9s}: median {statistics.median(times):.2f} s "
-                  f"(runs {', '.join(f'{t:.2f}' for t in times)}), peak memory {results[path]['peak_gb']:.2f} GB")
+    for path, result in run_path_workers(__file__, args.paths, worker_args):
+        results[path] = result
+        times = result["times"]
+        print(f"GLIP-T {args.mode} {args.device} {args.dtype} image {args.size[0]}x{args.size[1]} "
+              f"threads {args.threads} {path:9s}: median {statistics.median(times):.2f} s "
+              f"(runs {', '.join(f'{t:.2f}' for t in times)}), peak memory {result['peak_gb']:.2f} GB")
     if len(results) == 2:
         fast, reference = results["fast"], results["reference"]
         ratio = statistics.median(reference["times"]) / statistics.median(fast["times"])

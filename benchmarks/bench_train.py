@@ -1,11 +1,14 @@
-"""Training throughput of full-size GLIP-T (random weights) at 800x1333, with the trainer's own step.
+"""Training throughput of full-size GLIP-T (random weights) at 800x1333 with the trainer's own step, on the
+optimised (default) and the reference path.
 
-Usage: python benchmarks/bench_train.py [--device auto|cpu|cuda|npu] [--batch-size 1] [--amp] [--iters 5]
-       [--warmup 2] [--size 800 1333] [--threads N]
+Usage: python benchmarks/bench_train.py [--device auto|cpu|cuda|npu] [--batch-size 1] [--amp] [--iters 3]
+       [--warmup 1] [--size 800 1333] [--threads 2] [--paths fast reference] [--stochastic]
 One step is what tools/train_net.py does per iteration: forward under autocast (--amp: float16 with loss scaling
 on CUDA/NPU, bfloat16 on CPU), backward, AdamW with full-model gradient clipping (the GLIP-T solver settings) and
-the EMA update. Prints the images/s over --iters timed steps after --warmup steps, and the peak memory (allocator
-peak on CUDA/NPU, process peak RSS on CPU).
+the EMA update. Each path runs in its own process from the same weights and batch; each prints images/s (median
+of --iters timed steps after --warmup steps) and peak memory (allocator peak on CUDA/NPU, process peak RSS on CPU),
+then the time ratio and the largest loss difference between the paths, step by step. Dropout, drop-path and
+DropBlock are off unless --stochastic, so that the two paths' losses can be compared.
 """
 import argparse
 import statistics
@@ -19,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_model import coco_prompt  # noqa: E402
-from maskrcnn_benchmark.config import get_cfg_defaults  # noqa: E402
+from bench_model import PATHS, build_model, coco_prompt, glip_t_config, machine_line, \
+    run_path_workers  # noqa: E402
 from maskrcnn_benchmark.data import CollatedBatch  # noqa: E402
 from maskrcnn_benchmark.engine.trainer import forward_losses, optimizer_step  # noqa: E402
-from maskrcnn_benchmark.modeling.detector import build_detection_model  # noqa: E402
+from maskrcnn_benchmark.layers import reference_mode  # noqa: E402
 from maskrcnn_benchmark.solver import make_optimizer  # noqa: E402
 from maskrcnn_benchmark.structures.bounding_box import BoxList  # noqa: E402
 from maskrcnn_benchmark.structures.image_list import to_image_list  # noqa: E402
@@ -38,11 +41,12 @@ LABELS = (1, 3, 18)
 
 
 def synthetic_batch(batch_size: int, height: int, width: int) -> CollatedBatch:
-    """A training batch of random images, each with three boxes grounded in the COCO-80 caption."""
+    """A training batch of random images (seed 1), each with three boxes grounded in the COCO-80 caption."""
     caption, label_to_tokens = coco_prompt()
+    generator = torch.Generator().manual_seed(1)
     images, targets, rows = [], [], []
     for _ in range(batch_size):
-        images.append(torch.randn(3, height, width))
+        images.append(torch.randn(3, height, width, generator=generator))
         target = BoxList(torch.tensor(BOXES), (width, height))
         target.add_field("labels", torch.tensor(LABELS))
         targets.append(target)
@@ -54,47 +58,74 @@ def synthetic_batch(batch_size: int, height: int, width: int) -> CollatedBatch:
                          torch.stack(rows), None, None, [caption] * batch_size, None)
 
 
-def main() -> None:
-    """Parse arguments, build GLIP-T and its optimizer, time the training steps, print the figures."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--amp", action="store_true", help="mixed precision (SOLVER.USE_AMP)")
-    parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--size", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"))
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def run_worker(args) -> None:
+    """Train on one path in this process; save step times, losses and peak memory to args.out."""
+    torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     set_current_device(device)
-
-    cfg = get_cfg_defaults()
-    cfg.merge_from_file(str(ROOT / "configs/pretrain/glip_Swin_T_O365_GoldG.yaml"))
-    cfg.merge_from_list(["MODEL.WEIGHT", "", "MODEL.DEVICE", str(device), "SOLVER.USE_AMP", str(args.amp)])
-    torch.manual_seed(0)
-    model = build_detection_model(cfg).to(device).train()
+    cfg = glip_t_config(str(device), args.stochastic)
+    cfg.merge_from_list(["SOLVER.USE_AMP", str(args.amp)])
+    model = build_model(str(device), args.stochastic, cfg).train()
     optimizer = make_optimizer(cfg, model)
     scaler = make_grad_scaler(device.type, args.amp)
     model_ema = ModelEma(model, cfg.SOLVER.MODEL_EMA) if cfg.SOLVER.MODEL_EMA > 0 else None
     batch = synthetic_batch(args.batch_size, *args.size)
+    times, losses_per_step = [], []
+    with reference_mode(args.worker == "reference"):
+        for step in range(args.warmup + args.iters):
+            synchronize_device(device)
+            start = time.perf_counter()
+            losses = forward_losses(model, batch, device, args.amp)
+            optimizer_step(sum(losses.values()), optimizer, scaler)
+            if model_ema is not None:
+                model_ema.update(model)
+            synchronize_device(device)
+            if step >= args.warmup:
+                times.append(time.perf_counter() - start)
+            losses_per_step.append({name: value.item() for name, value in losses.items()})
+    torch.save({"times": times, "losses": losses_per_step, "device": str(device),
+                "peak_gb": peak_memory_mb(device) / 1024}, args.out)
 
-    times = []
-    for step in range(args.warmup + args.iters):
-        synchronize_device(device)
-        start = time.perf_counter()
-        losses = forward_losses(model, batch, device, args.amp)
-        optimizer_step(sum(losses.values()), optimizer, scaler)
-        if model_ema is not None:
-            model_ema.update(model)
-        synchronize_device(device)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    print(f"GLIP-T train {device} {'amp' if args.amp else 'fp32'} batch {args.batch_size} image "
-          f"{args.size[0]}x{args.size[1]}: {args.batch_size / seconds:.3f} images/s (median step {seconds:.3f} s "
-          f"over {len(times)} steps), peak memory {peak_memory_mb(device) / 1024:.2f} GB")
+
+def main() -> None:
+    """Parse arguments; as parent, run every path in a subprocess and print the figures and the comparison."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--amp", action="store_true", help="mixed precision (SOLVER.USE_AMP)")
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--size", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"))
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    parser.add_argument("--stochastic", action="store_true", help="keep dropout, drop-path and DropBlock")
+    parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(args)
+        return
+
+    print(machine_line(args.threads))
+    worker_args = ["--device", args.device, "--batch-size", str(args.batch_size), "--iters", str(args.iters),
+                   "--warmup", str(args.warmup), "--size", *map(str, args.size), "--threads", str(args.threads)]
+    worker_args += ["--amp"] if args.amp else []
+    worker_args += ["--stochastic"] if args.stochastic else []
+    results = {}
+    for path, result in run_path_workers(__file__, args.paths, worker_args):
+        results[path] = result
+        seconds = statistics.median(result["times"])
+        print(f"GLIP-T train {result['device']} {'amp' if args.amp else 'fp32'} batch {args.batch_size} image "
+              f"{args.size[0]}x{args.size[1]} {path:9s}: {args.batch_size / seconds:.4f} images/s (median step "
+              f"{seconds:.2f} s over {len(result['times'])} steps), peak memory {result['peak_gb']:.2f} GB")
+    if len(results) == 2:
+        fast, reference = results["fast"], results["reference"]
+        ratio = statistics.median(reference["times"]) / statistics.median(fast["times"])
+        differences = ", ".join(
+            f"{max(abs(f[name] - r[name]) / max(abs(r[name]), 1e-12) for name in r):.1e}"
+            for f, r in zip(fast["losses"], reference["losses"]))
+        print(f"speed-up fast vs reference: {ratio:.2f}x; peak memory {fast['peak_gb']:.2f} vs "
+              f"{reference['peak_gb']:.2f} GB; largest relative loss difference per step: {differences}")
 
 
 if __name__ == "__main__":

@@ -252,6 +252,24 @@ def test_modulated_deform_conv_equals_torchvision_reference(seed):
             torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-9, msg=name)
 
 
+def test_modulated_deform_conv_over_several_position_ranges():
+    """Wide inputs: the CPU kernel splits the output positions into ranges (a partial one last); groups,
+    deformable groups, a batch of 2 and offsets from a finer grid, against torchvision in float64."""
+    gen = torch.Generator().manual_seed(11)
+    channels, taps = 1024, 9  # 4M column values / (C*K) = 448 positions per range: 720 -> 448 + 272
+    image = torch.randn(2, channels, 24, 30, generator=gen, dtype=torch.float64)
+    offset_mask = torch.randn(2, 3 * 2 * taps, 26, 31, generator=gen, dtype=torch.float64) * 2
+    tensors = (image, offset_mask[:, : 4 * taps], offset_mask[:, 4 * taps :].sigmoid(),
+               torch.randn(4, channels // 2, 3, 3, generator=gen, dtype=torch.float64) * 0.05,
+               torch.randn(4, generator=gen, dtype=torch.float64))
+    options = dict(stride=1, padding=1, dilation=1)
+    expected, expected_grads = run_with_grads(torchvision_deform_conv, tensors, options, 3)
+    result, grads = run_with_grads(compiled("modulated_deform_conv"), tensors, options, 3)
+    torch.testing.assert_close(result, expected, rtol=1e-10, atol=1e-10)
+    for name, grad, expected_grad in zip(("input", "offset", "mask", "weight", "bias"), grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-9, msg=name)
+
+
 def test_modulated_deform_conv_float32_glip_shapes_and_autocast():
     """GLIP's configuration (3x3, one group, offsets from the finer level) against the PyTorch implementation."""
     gen = torch.Generator().manual_seed(5)

@@ -10,6 +10,7 @@ from maskrcnn_benchmark.layers import fast_path_enabled, reference_mode
 from maskrcnn_benchmark.layers.deform_conv import modulated_deform_conv
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.modeling.detector import build_detection_model
+from maskrcnn_benchmark.modeling.rpn import fusion
 from maskrcnn_benchmark.modeling.rpn.fusion import BiMultiHeadAttention
 from maskrcnn_benchmark.modeling.rpn.loss import make_atss_loss_evaluator
 from maskrcnn_benchmark.structures.bounding_box import BoxList
@@ -40,11 +41,32 @@ def _both_paths(module, *inputs):
     return fast, reference
 
 
+def _with_random_biases(attn: BiMultiHeadAttention) -> BiMultiHeadAttention:
+    """The official init zeroes the projection biases; trained ones are not zero, and the fast path folds them."""
+    with torch.no_grad():
+        for linear in (attn.v_proj, attn.l_proj, attn.values_v_proj, attn.values_l_proj, attn.out_v_proj,
+                       attn.out_l_proj):
+            linear.bias.normal_()
+    return attn
+
+
+@pytest.fixture(params=["grad", "no_grad"])
+def grad_mode(request, monkeypatch):
+    """With and without autograd; without it, inference attends in chunks of 8 visual tokens (several chunks and
+    a partial one here) with the language side's softmax accumulated online."""
+    if request.param == "grad":
+        yield
+        return
+    monkeypatch.setattr(fusion, "VISUAL_CHUNK", 8)
+    with torch.no_grad():
+        yield
+
+
 @pytest.mark.parametrize("mask_rows", [None, [5, 3], [0, 4]])
-def test_bi_attention_paths_agree(mask_rows):
+def test_bi_attention_paths_agree(mask_rows, grad_mode):
     torch.manual_seed(0)
-    attn = BiMultiHeadAttention(16, 24, 32, 4, dropout=0.0, clamp_min_for_underflow=True,
-                                clamp_max_for_overflow=True).eval()
+    attn = _with_random_biases(BiMultiHeadAttention(16, 24, 32, 4, dropout=0.0, clamp_min_for_underflow=True,
+                                                    clamp_max_for_overflow=True).eval())
     v, l = torch.randn(2, 37, 16), torch.randn(2, 5, 24)
     mask = None
     if mask_rows is not None:  # real tokens per caption; [0, ...]: a caption without any real token
@@ -54,14 +76,17 @@ def test_bi_attention_paths_agree(mask_rows):
     torch.testing.assert_close(fast[1], reference[1], **TOL)
 
 
-def test_bi_attention_paths_agree_when_the_clamps_bind():
+def test_bi_attention_paths_agree_when_the_clamps_bind(grad_mode):
     torch.manual_seed(0)
-    attn = BiMultiHeadAttention(8, 8, 16, 2, dropout=0.0, clamp_min_for_underflow=True,
-                                clamp_max_for_overflow=True).eval()
+    attn = _with_random_biases(BiMultiHeadAttention(8, 8, 16, 2, dropout=0.0, clamp_min_for_underflow=True,
+                                                    clamp_max_for_overflow=True).eval())
     v, l = torch.randn(1, 20, 8) * 300, torch.randn(1, 6, 8) * 300
     with torch.no_grad():
+        attn.v_proj.bias.mul_(300)  # a query bias as large as the visual features: it moves scores past the clamps
         scores = (attn.v_proj(v) * attn.scale) @ attn.l_proj(l).transpose(1, 2)
+        without_bias = ((attn.v_proj(v) - attn.v_proj.bias) * attn.scale) @ attn.l_proj(l).transpose(1, 2)
     assert scores.abs().max() > 1e5  # the +-50000 clamps change the scores
+    assert ((scores.abs() > 5e4) != (without_bias.abs() > 5e4)).any()  # and whether they bind depends on the bias
     fast, reference = _both_paths(attn, v, l, torch.ones(1, 6, dtype=torch.long))
     torch.testing.assert_close(fast[0], reference[0], atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(fast[1], reference[1], atol=1e-3, rtol=1e-4)

@@ -117,8 +117,8 @@ class BiMultiHeadAttention(nn.Module):
         commutes with the attention (out_v_proj folded into value_l), and the language side attends over the
         raw visual tokens and projects its (few) outputs afterwards. So the visual tokens only meet three
         matmuls of width heads * Ll: the shared scores, probs_v @ values, probs_l^T @ v. The scores are
-        materialised once for both directions, so the official clamps apply unchanged (they are skipped
-        only when a norm bound proves that they cannot bind).
+        computed once for both directions (in training all at once, in inference chunk by chunk), so the
+        official clamps apply unchanged (they are skipped only when a norm bound proves that they cannot bind).
         """
         batch, num_text = l.shape[:2]
         heads, head_dim, v_dim = self.num_heads, self.head_dim, v.shape[-1]
@@ -129,21 +129,63 @@ class BiMultiHeadAttention(nn.Module):
         out_weight = self.out_v_proj.weight.view(v_dim, heads, head_dim).permute(1, 2, 0)
         text_values = torch.matmul(self._split_heads(self.values_l_proj(l)), out_weight)
 
-        scores = torch.baddbmm(text_bias, v, text_keys.transpose(1, 2))  # (N, Lv, heads * Ll)
-        if self._clamp_may_bind(v, text_keys, text_bias):
-            scores = self._clamp(scores, inplace=not torch.is_grad_enabled())
-
+        clamp = self._clamp_may_bind(v, text_keys, text_bias)
         padding = None
         if attention_mask_l is not None:
-            padding = self._padding_scores(attention_mask_l, scores.dtype)[:, None, None, :]
+            padding = self._padding_scores(attention_mask_l, v.dtype)[:, None, None, :]
         text_values = text_values.reshape(batch, heads * num_text, v_dim)
-        if torch.is_grad_enabled():
-            delta_v = self._visual_update(scores, padding, text_values)
+        if not torch.is_grad_enabled():
+            return self._attend_in_chunks(v, text_keys, text_bias, padding, text_values, clamp, num_text)
+        scores = torch.baddbmm(text_bias, v, text_keys.transpose(1, 2))  # (N, Lv, heads * Ll)
+        if clamp:
+            scores = self._clamp(scores)
+        delta_v = self._visual_update(scores, padding, text_values)
+        exp_scores = (scores - scores.amax(dim=1, keepdim=True)).exp()
+        sums = exp_scores.sum(dim=1)  # (N, heads * Ll)
+        if self.training and self.dropout > 0:
+            probs = F.dropout(exp_scores / sums[:, None, :], p=self.dropout, training=True)
+            attended = torch.bmm(probs.transpose(1, 2), v)
+            weights = probs.sum(dim=1)  # rows of dropped-out probabilities no longer sum to 1
         else:
-            # Visual queries are independent: in chunks, only one chunk's probabilities exist at a time.
-            delta_v = torch.cat([self._visual_update(chunk, padding, text_values)
-                                 for chunk in scores.split(VISUAL_CHUNK, dim=1)], dim=1)
-        return delta_v, self._language_update(v, scores, batch, num_text)
+            attended = torch.bmm(exp_scores.transpose(1, 2), v) / sums[:, :, None]
+            weights = None
+        return delta_v, self._language_update(attended, weights, batch, num_text)
+
+    def _attend_in_chunks(self, v: Tensor, text_keys: Tensor, text_bias: Tensor, padding: Tensor | None,
+                          text_values: Tensor, clamp: bool, num_text: int) -> tuple[Tensor, Tensor]:
+        """Inference: both directions for one chunk of visual tokens at a time, so that the (N, Lv, heads * Ll)
+        scores never exist at once. The language side's softmax over all visual tokens is accumulated online
+        (running maximum and sum, rescaled chunk by chunk).
+
+        The text-key bias is constant along the visual tokens, so it cancels in the language side's softmax: it
+        is only added for the visual side (with the padding scores), unless the clamps may bind, which need it.
+        """
+        batch, heads = v.shape[0], self.num_heads
+        visual_bias = padding if clamp else text_bias.view(batch, 1, heads, num_text)
+        if not clamp and padding is not None:
+            visual_bias = visual_bias + padding
+        running_max = sums = attended = None
+        delta_v = []
+        for v_chunk in v.split(VISUAL_CHUNK, dim=1):
+            scores = torch.bmm(v_chunk, text_keys.transpose(1, 2))  # (N, chunk, heads * Ll)
+            if clamp:
+                scores = self._clamp(scores.add_(text_bias), inplace=True)
+            delta_v.append(self._visual_update(scores, visual_bias, text_values))
+            chunk_max = scores.amax(dim=1)
+            new_max = chunk_max if running_max is None else torch.maximum(running_max, chunk_max)
+            exp_scores = scores.sub_(new_max[:, None, :]).exp_()
+            # The accumulators are float32 whatever the autocast dtype: they sum over all the chunks.
+            chunk_sums = exp_scores.sum(dim=1, dtype=torch.float32)
+            chunk_attended = torch.bmm(exp_scores.transpose(1, 2), v_chunk)
+            if running_max is None:
+                sums, attended = chunk_sums, chunk_attended.float()
+            else:
+                rescale = (running_max - new_max).float().exp_()
+                sums = sums.mul_(rescale).add_(chunk_sums)
+                attended = attended.mul_(rescale[:, :, None]).add_(chunk_attended)
+            running_max = new_max
+        attended = (attended / sums[:, :, None]).to(chunk_attended.dtype)
+        return torch.cat(delta_v, dim=1), self._language_update(attended, None, batch, num_text)
 
     def _clamp_may_bind(self, v: Tensor, text_keys: Tensor, text_bias: Tensor) -> bool:
         """False when Cauchy-Schwarz proves |score| < 50000 everywhere, so the clamps cannot change anything."""
@@ -164,26 +206,15 @@ class BiMultiHeadAttention(nn.Module):
         probs = F.dropout(scores.softmax(dim=-1), p=self.dropout, training=self.training)
         return torch.baddbmm(self.out_v_proj.bias, probs.view(batch, length, -1), text_values)
 
-    def _language_update(self, v: Tensor, scores: Tensor, batch: int, num_text: int) -> Tensor:
-        """Language side of the folded attention: softmax of the scores over the visual tokens, then values.
+    def _language_update(self, attended: Tensor, weights: Tensor | None, batch: int, num_text: int) -> Tensor:
+        """Language side of the folded attention from `attended` (N, heads * Ll, v_dim), the softmax-weighted sums
+        of the raw visual tokens: the value projection of each head, its bias times the probability mass
+        `weights` (None: 1), then the output projection.
 
         The official extra clamp of (scores - max) at -50000 is omitted: exp of anything below -50000 is 0 in
         every float dtype, clamped or not.
         """
         heads, head_dim = self.num_heads, self.head_dim
-        if torch.is_grad_enabled():
-            exp_scores = (scores - scores.amax(dim=1, keepdim=True)).exp()
-        else:
-            exp_scores = scores.sub_(scores.amax(dim=1, keepdim=True)).exp_()
-        sums = exp_scores.sum(dim=1)  # (N, heads * Ll)
-        if self.training and self.dropout > 0:
-            probs = F.dropout(exp_scores / sums[:, None, :], p=self.dropout, training=True)
-            attended = torch.bmm(probs.transpose(1, 2), v)
-            weights = probs.sum(dim=1)  # rows of dropped-out probabilities no longer sum to 1
-        else:
-            attended = torch.bmm(exp_scores.transpose(1, 2), v) / sums[:, :, None]
-            weights = None
-        del exp_scores
         value_weight = self.values_v_proj.weight.view(heads, head_dim, -1).transpose(1, 2)
         values = torch.matmul(attended.view(batch, heads, num_text, -1), value_weight)
         value_bias = self.values_v_proj.bias.view(heads, 1, head_dim)

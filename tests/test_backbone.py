@@ -103,6 +103,23 @@ def test_odd_input_sizes(small_state_dict):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_inference_chunks_equal_whole_computation(small_state_dict, monkeypatch):
+    """Inference attends in chunks of windows and runs the MLP in chunks of tokens; with chunks small enough to
+    split every stage (a partial chunk last, shifted-window masks, a batch of 2), the stages equal the
+    unchunked computation (what autograd-enabled calls run)."""
+    from maskrcnn_benchmark.modeling.backbone import swint
+
+    backbone = small_backbone(small_state_dict).eval()
+    images = torch.randn(2, 3, 97, 131, generator=torch.Generator().manual_seed(1))
+    whole = [stage.detach() for stage in backbone.body(images)]
+    monkeypatch.setattr(swint, "WINDOW_CHUNK", 3)
+    monkeypatch.setattr(swint, "MLP_CHUNK", 50)
+    with torch.no_grad():
+        chunked = backbone.body(images)
+    for got, want in zip(chunked, whole):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_dropblock_module_only_in_training():
     block = DropBlock2D(0.3, 3)
     x = torch.ones(2, 4, 16, 16)

@@ -13,6 +13,8 @@ from maskrcnn_benchmark.layers.fast_path import fast_path_enabled
 STAGE_NAMES = ("stage2", "stage3", "stage4", "stage5")
 # Tokens per chunk of the inference-time MLP (bounds the memory of its hidden activations).
 MLP_CHUNK = 8192
+# Windows per chunk of the inference-time window attention (bounds the memory of its qkv and bias tensors).
+WINDOW_CHUNK = 256
 
 
 def trunc_normal_inverse_cdf_(tensor: torch.Tensor, std: float, bound: float = 2.0) -> torch.Tensor:
@@ -105,14 +107,23 @@ class WindowAttention(nn.Module):
 
     def forward(self, windows: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attend within each window of (B * num_windows, N, C); `mask` is (num_windows, N, N) or None."""
+        batch_windows = windows.shape[0]
+        if torch.is_grad_enabled() or batch_windows <= WINDOW_CHUNK:
+            return self._attend(windows, mask, 0)
+        # Inference: windows are independent, so only one chunk's qkv and bias tensors exist at a time.
+        return torch.cat([self._attend(windows[start:start + WINDOW_CHUNK], mask, start)
+                          for start in range(0, batch_windows, WINDOW_CHUNK)])
+
+    def _attend(self, windows: torch.Tensor, mask: Optional[torch.Tensor], first_window: int) -> torch.Tensor:
+        """Attention of consecutive windows, the first being window `first_window` of the batch (for its mask)."""
         batch_windows, n, c = windows.shape
         q, k, v = self.qkv(windows).view(batch_windows, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         bias = self.relative_position_bias()[None]
         if mask is not None:
-            bias = bias + mask[:, None]
-            # Fused attention kernels want 4-D operands, so the per-window bias is tiled over the batch.
-            if batch_windows != mask.shape[0]:
-                bias = bias.repeat(batch_windows // mask.shape[0], 1, 1, 1)
+            # Window w of the batch is window w % num_windows of its image; fused attention kernels want 4-D
+            # operands, so the per-window bias is tiled over the windows.
+            index = torch.arange(first_window, first_window + batch_windows, device=mask.device) % mask.shape[0]
+            bias = bias + mask[index][:, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(batch_windows, n, c))
 

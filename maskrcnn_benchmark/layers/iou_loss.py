@@ -55,6 +55,7 @@ class IOULoss(nn.Module):
         return _weighted_sum(losses, weight)
 
     def extra_repr(self) -> str:
+        """Constructor arguments, for print(module)."""
         return f"loss_type={self.loss_type!r}"
 
 

@@ -53,6 +53,7 @@ class SigmoidFocalLoss(nn.Module):
         return sigmoid_focal_loss(logits, targets, self.gamma, self.alpha).sum()
 
     def extra_repr(self) -> str:
+        """Constructor arguments, for print(module)."""
         return f"gamma={self.gamma}, alpha={self.alpha}"
 
 
@@ -111,4 +112,5 @@ class TokenSigmoidFocalLoss(nn.Module):
         return token_sigmoid_binary_focal_loss(logits, targets, self.alpha, self.gamma, text_masks).sum()
 
     def extra_repr(self) -> str:
+        """Constructor arguments, for print(module)."""
         return f"alpha={self.alpha}, gamma={self.gamma}"

@@ -36,6 +36,7 @@ def _make_pickle_module(skipped: Set[str]) -> types.ModuleType:
 
     class RestrictedUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
+            """The allowed global module.name; any other is recorded and replaced by an inert stand-in."""
             qualified = f"{module}.{name}"
             if qualified in allowed:
                 return allowed[qualified]

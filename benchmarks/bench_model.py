@@ -221,29 +221,39 @@ def machine_line(threads: int) -> str:
             f"bf16 {matmul_gflops(torch.bfloat16, threads):.0f} GFLOP/s")
 
 
+def add_path_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both benchmarks share: image size, threads, which paths, stochastic layers, worker plumbing."""
+    parser.add_argument("--size", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"))
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    parser.add_argument("--stochastic", action="store_true",
+                        help="keep dropout, drop-path and DropBlock in training (outputs then differ between paths)")
+    parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+
+
+def path_worker_arguments(args: argparse.Namespace) -> list:
+    """The shared options of add_path_arguments, as a worker's command line."""
+    return ["--size", *map(str, args.size), "--threads", str(args.threads)] + (["--stochastic"] if args.stochastic
+                                                                               else [])
+
+
 def main() -> None:
     """Parse arguments; as parent, run every path in a subprocess and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("eval", "train"), default="eval")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
-    parser.add_argument("--size", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"))
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
-    parser.add_argument("--stochastic", action="store_true",
-                        help="keep dropout, drop-path and DropBlock in training (outputs then differ between paths)")
-    parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    add_path_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         run_worker(args)
         return
 
     print(machine_line(args.threads))
-    worker_args = ["--mode", args.mode, "--device", args.device, "--dtype", args.dtype,
-                   "--size", *map(str, args.size), "--repeat", str(args.repeat), "--threads", str(args.threads)]
-    worker_args += ["--stochastic"] if args.stochastic else []
+    worker_args = ["--mode", args.mode, "--device", args.device, "--dtype", args.dtype, "--repeat", str(args.repeat),
+                   *path_worker_arguments(args)]
     results = {}
     for path, result in run_path_workers(__file__, args.paths, worker_args):
         results[path] = result

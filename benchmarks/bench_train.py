@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_model import PATHS, build_model, coco_prompt, glip_t_config, machine_line, \
-    run_path_workers  # noqa: E402
+from bench_model import add_path_arguments, build_model, coco_prompt, glip_t_config, machine_line, \
+    path_worker_arguments, run_path_workers  # noqa: E402
 from maskrcnn_benchmark.data import CollatedBatch  # noqa: E402
 from maskrcnn_benchmark.engine.trainer import forward_losses, optimizer_step  # noqa: E402
 from maskrcnn_benchmark.layers import reference_mode  # noqa: E402
@@ -95,12 +95,7 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="mixed precision (SOLVER.USE_AMP)")
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--size", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"))
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
-    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
-    parser.add_argument("--stochastic", action="store_true", help="keep dropout, drop-path and DropBlock")
-    parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    add_path_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         run_worker(args)
@@ -108,9 +103,7 @@ def main() -> None:
 
     print(machine_line(args.threads))
     worker_args = ["--device", args.device, "--batch-size", str(args.batch_size), "--iters", str(args.iters),
-                   "--warmup", str(args.warmup), "--size", *map(str, args.size), "--threads", str(args.threads)]
-    worker_args += ["--amp"] if args.amp else []
-    worker_args += ["--stochastic"] if args.stochastic else []
+                   "--warmup", str(args.warmup), *path_worker_arguments(args)] + (["--amp"] if args.amp else [])
     results = {}
     for path, result in run_path_workers(__file__, args.paths, worker_args):
         results[path] = result

@@ -118,13 +118,16 @@ def test_token_to_class_scores_mean_and_max():
         token_to_class_scores(token_probs, positive_map, num_classes=4, score_agg="ONEHOT")
 
 
-def test_postprocessor_predictions_match_official(cfg, small_case, box_coder):
+def _on_golden_head_outputs(postprocess, cfg, small_case):
+    """`postprocess` (the postprocessor or one of its steps) applied to the golden eval head outputs."""
     head_outputs = small_case["eval"]["head_outputs"]
+    return postprocess(head_outputs["box_regression"], head_outputs["centerness"], _golden_anchors(cfg, small_case),
+                       head_outputs["dot_product_logits"], small_case["inputs"]["eval"]["positive_map_label_to_token"])
+
+
+def test_postprocessor_predictions_match_official(cfg, small_case, box_coder):
     postprocessor = make_atss_postprocessor(cfg, box_coder, is_train=False)
-    detections = postprocessor(
-        head_outputs["box_regression"], head_outputs["centerness"], _golden_anchors(cfg, small_case),
-        head_outputs["dot_product_logits"], small_case["inputs"]["eval"]["positive_map_label_to_token"],
-    )
+    detections = _on_golden_head_outputs(postprocessor, cfg, small_case)
     assert len(detections) == 2
     for boxlist, expected in zip(detections, small_case["eval"]["predictions"]):
         assert boxlist.size == tuple(expected["image_size_wh"])
@@ -133,24 +136,16 @@ def test_postprocessor_predictions_match_official(cfg, small_case, box_coder):
 
 
 def test_pre_nms_candidates_match_official(cfg, small_case, box_coder):
-    head_outputs = small_case["eval"]["head_outputs"]
     postprocessor = make_atss_postprocessor(cfg, box_coder, is_train=False)
-    candidates = postprocessor.select_candidates(
-        head_outputs["box_regression"], head_outputs["centerness"], _golden_anchors(cfg, small_case),
-        head_outputs["dot_product_logits"], small_case["inputs"]["eval"]["positive_map_label_to_token"],
-    )
+    candidates = _on_golden_head_outputs(postprocessor.select_candidates, cfg, small_case)
     for boxlist, expected in zip(candidates, small_case["eval"]["pre_nms_candidates"]):
         _assert_same_detection_sets(boxlist, expected)
 
 
 def test_postprocessor_keeps_the_best_detections_per_image(cfg, small_case, box_coder):
-    head_outputs = small_case["eval"]["head_outputs"]
     postprocessor = make_atss_postprocessor(cfg, box_coder, is_train=False)
     postprocessor.fpn_post_nms_top_n = 10
-    detections = postprocessor(
-        head_outputs["box_regression"], head_outputs["centerness"], _golden_anchors(cfg, small_case),
-        head_outputs["dot_product_logits"], small_case["inputs"]["eval"]["positive_map_label_to_token"],
-    )
+    detections = _on_golden_head_outputs(postprocessor, cfg, small_case)
     expected_scores = small_case["eval"]["predictions"][0]["scores"]
     assert len(detections[0]) == 10
     best_expected = expected_scores.sort(descending=True).values[:10]
@@ -159,13 +154,9 @@ def test_postprocessor_keeps_the_best_detections_per_image(cfg, small_case, box_
 
 
 def test_postprocessor_without_candidates(cfg, small_case, box_coder):
-    head_outputs = small_case["eval"]["head_outputs"]
     postprocessor = make_atss_postprocessor(cfg, box_coder, is_train=False)
     postprocessor.pre_nms_thresh = 1.0
-    detections = postprocessor(
-        head_outputs["box_regression"], head_outputs["centerness"], _golden_anchors(cfg, small_case),
-        head_outputs["dot_product_logits"], small_case["inputs"]["eval"]["positive_map_label_to_token"],
-    )
+    detections = _on_golden_head_outputs(postprocessor, cfg, small_case)
     assert [len(boxlist) for boxlist in detections] == [0, 0]
     assert all(set(boxlist.fields()) == {"labels", "scores"} for boxlist in detections)
 

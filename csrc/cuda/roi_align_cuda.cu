@@ -19,6 +19,17 @@ struct RoiShape {
   bool aligned;
 };
 
+// Output bin (roi, channel, ph, pw) of element `index` of a (K, C, pooled_h, pooled_w) output.
+struct RoiBin {
+  int64_t roi, channel, ph, pw;
+};
+
+__device__ RoiBin roi_bin(int64_t index, const RoiShape& s) {
+  const int64_t pw = index % s.pooled_w, ph = (index / s.pooled_w) % s.pooled_h;
+  const int64_t rest = index / s.pooled_w / s.pooled_h;
+  return {rest / s.channels, rest % s.channels, ph, pw};
+}
+
 template <typename scalar_t, typename acc_t>
 __device__ RoiBox<acc_t> load_box(const scalar_t* rois, int64_t n, acc_t spatial_scale, const RoiShape& s) {
   acc_t roi[5];
@@ -30,17 +41,15 @@ template <typename scalar_t, typename acc_t>
 __global__ void roi_align_forward_kernel(int64_t total, const scalar_t* input, const scalar_t* rois,
                                          acc_t spatial_scale, RoiShape s, scalar_t* output) {
   GLIP_CUDA_LOOP(index, total) {
-    const int64_t pw = index % s.pooled_w, ph = (index / s.pooled_w) % s.pooled_h;
-    const int64_t c = (index / s.pooled_w / s.pooled_h) % s.channels;
-    const int64_t n = index / s.pooled_w / s.pooled_h / s.channels;
-    const RoiBox<acc_t> box = load_box(rois, n, spatial_scale, s);
-    const scalar_t* plane = input + (box.batch_index * s.channels + c) * s.height * s.width;
+    const RoiBin bin = roi_bin(index, s);
+    const RoiBox<acc_t> box = load_box(rois, bin.roi, spatial_scale, s);
+    const scalar_t* plane = input + (box.batch_index * s.channels + bin.channel) * s.height * s.width;
     const int64_t grid = box.grid_h * box.grid_w;
     acc_t sum = acc_t(0);
     for (int64_t iy = 0; iy < box.grid_h; ++iy) {
-      const acc_t y = roi_sample_y(box, ph, iy);
+      const acc_t y = roi_sample_y(box, bin.ph, iy);
       for (int64_t ix = 0; ix < box.grid_w; ++ix) {
-        const RoiSample<acc_t> p = roi_sample(s.height, s.width, y, roi_sample_x(box, pw, ix));
+        const RoiSample<acc_t> p = roi_sample(s.height, s.width, y, roi_sample_x(box, bin.pw, ix));
         if (!p.valid) continue;
         sum += p.w1 * static_cast<acc_t>(plane[p.y_low * s.width + p.x_low]) +
                p.w2 * static_cast<acc_t>(plane[p.y_low * s.width + p.x_high]) +
@@ -56,17 +65,15 @@ template <typename scalar_t, typename acc_t>
 __global__ void roi_align_backward_kernel(int64_t total, const scalar_t* grad, const scalar_t* rois,
                                           acc_t spatial_scale, RoiShape s, scalar_t* grad_input) {
   GLIP_CUDA_LOOP(index, total) {
-    const int64_t pw = index % s.pooled_w, ph = (index / s.pooled_w) % s.pooled_h;
-    const int64_t c = (index / s.pooled_w / s.pooled_h) % s.channels;
-    const int64_t n = index / s.pooled_w / s.pooled_h / s.channels;
-    const RoiBox<acc_t> box = load_box(rois, n, spatial_scale, s);
-    scalar_t* plane = grad_input + (box.batch_index * s.channels + c) * s.height * s.width;
+    const RoiBin bin = roi_bin(index, s);
+    const RoiBox<acc_t> box = load_box(rois, bin.roi, spatial_scale, s);
+    scalar_t* plane = grad_input + (box.batch_index * s.channels + bin.channel) * s.height * s.width;
     const acc_t count = acc_t(box.grid_h * box.grid_w);
     const acc_t grad_bin = static_cast<acc_t>(grad[index]);
     for (int64_t iy = 0; iy < box.grid_h; ++iy) {
-      const acc_t y = roi_sample_y(box, ph, iy);
+      const acc_t y = roi_sample_y(box, bin.ph, iy);
       for (int64_t ix = 0; ix < box.grid_w; ++ix) {
-        const RoiSample<acc_t> p = roi_sample(s.height, s.width, y, roi_sample_x(box, pw, ix));
+        const RoiSample<acc_t> p = roi_sample(s.height, s.width, y, roi_sample_x(box, bin.pw, ix));
         if (!p.valid) continue;
         gpuAtomicAdd(plane + p.y_low * s.width + p.x_low, static_cast<scalar_t>(grad_bin * p.w1 / count));
         gpuAtomicAdd(plane + p.y_low * s.width + p.x_high, static_cast<scalar_t>(grad_bin * p.w2 / count));

@@ -238,6 +238,17 @@ def path_worker_arguments(args: argparse.Namespace) -> list:
                                                                                else [])
 
 
+def parse_or_run_worker(parser: argparse.ArgumentParser, run_worker) -> "argparse.Namespace | None":
+    """Parse the command line. A worker process runs `run_worker(args)` and gets None; the parent gets the arguments
+    after the machine line is printed."""
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(args)
+        return None
+    print(machine_line(args.threads))
+    return args
+
+
 def main() -> None:
     """Parse arguments; as parent, run every path in a subprocess and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -246,12 +257,9 @@ def main() -> None:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     parser.add_argument("--repeat", type=int, default=3)
     add_path_arguments(parser)
-    args = parser.parse_args()
-    if args.worker:
-        run_worker(args)
+    args = parse_or_run_worker(parser, run_worker)
+    if args is None:
         return
-
-    print(machine_line(args.threads))
     worker_args = ["--mode", args.mode, "--device", args.device, "--dtype", args.dtype, "--repeat", str(args.repeat),
                    *path_worker_arguments(args)]
     results = {}

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_model import add_path_arguments, build_model, coco_prompt, glip_t_config, machine_line, \
+from bench_model import add_path_arguments, build_model, coco_prompt, glip_t_config, parse_or_run_worker, \
     path_worker_arguments, run_path_workers  # noqa: E402
 from maskrcnn_benchmark.data import CollatedBatch  # noqa: E402
 from maskrcnn_benchmark.engine.trainer import forward_losses, optimizer_step  # noqa: E402
@@ -96,12 +96,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     add_path_arguments(parser)
-    args = parser.parse_args()
-    if args.worker:
-        run_worker(args)
+    args = parse_or_run_worker(parser, run_worker)
+    if args is None:
         return
-
-    print(machine_line(args.threads))
     worker_args = ["--device", args.device, "--batch-size", str(args.batch_size), "--iters", str(args.iters),
                    "--warmup", str(args.warmup), *path_worker_arguments(args)] + (["--amp"] if args.amp else [])
     results = {}

@@ -1,12 +1,13 @@
 """Training throughput of full-size GLIP-T (random weights) at 800x1333 with the trainer's own step, on the
 optimised (default) and the reference path.
 
-Usage: python benchmarks/bench_train.py [--device auto|cpu|cuda|npu] [--batch-size 1] [--amp] [--iters 3]
-       [--warmup 1] [--size 800 1333] [--threads 2] [--paths fast reference] [--stochastic]
-One step is what tools/train_net.py does per iteration: forward under autocast (--amp: float16 with loss scaling
+Usage: python benchmarks/bench_train.py [--device auto|cpu|cuda|npu] [--batch-size 1] [--dtype fp32|amp]
+       [--repeat 3] [--warmup 1] [--size 800 1333] [--threads 2] [--paths fast reference] [--stochastic]
+       (--amp is --dtype amp)
+One step is what tools/train_net.py does per iteration: forward under autocast (amp: float16 with loss scaling
 on CUDA/NPU, bfloat16 on CPU), backward, AdamW with full-model gradient clipping (the GLIP-T solver settings) and
 the EMA update. Each path runs in its own process from the same weights and batch; each prints images/s (median
-of --iters timed steps after --warmup steps) and peak memory (allocator peak on CUDA/NPU, process peak RSS on CPU),
+of --repeat timed steps after --warmup steps) and peak memory (allocator peak on CUDA/NPU, process peak RSS on CPU),
 then the time ratio and the largest loss difference between the paths, step by step. Dropout, drop-path and
 DropBlock are off unless --stochastic, so that the two paths' losses can be compared.
 """
@@ -64,18 +65,19 @@ def run_worker(args) -> None:
     device = resolve_device(args.device)
     set_current_device(device)
     cfg = glip_t_config(str(device), args.stochastic)
-    cfg.merge_from_list(["SOLVER.USE_AMP", str(args.amp)])
+    use_amp = args.dtype == "amp"
+    cfg.merge_from_list(["SOLVER.USE_AMP", str(use_amp)])
     model = build_model(str(device), args.stochastic, cfg).train()
     optimizer = make_optimizer(cfg, model)
-    scaler = make_grad_scaler(device.type, args.amp)
+    scaler = make_grad_scaler(device.type, use_amp)
     model_ema = ModelEma(model, cfg.SOLVER.MODEL_EMA) if cfg.SOLVER.MODEL_EMA > 0 else None
     batch = synthetic_batch(args.batch_size, *args.size)
     times, losses_per_step = [], []
     with reference_mode(args.worker == "reference"):
-        for step in range(args.warmup + args.iters):
+        for step in range(args.warmup + args.repeat):
             synchronize_device(device)
             start = time.perf_counter()
-            losses = forward_losses(model, batch, device, args.amp)
+            losses = forward_losses(model, batch, device, use_amp)
             optimizer_step(sum(losses.values()), optimizer, scaler)
             if model_ema is not None:
                 model_ema.update(model)
@@ -92,20 +94,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--amp", action="store_true", help="mixed precision (SOLVER.USE_AMP)")
-    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--dtype", choices=("fp32", "amp"), default="fp32",
+                        help="amp: the trainer's mixed precision (SOLVER.USE_AMP)")
+    parser.add_argument("--amp", dest="dtype", action="store_const", const="amp", help="same as --dtype amp")
+    parser.add_argument("--repeat", "--iters", dest="repeat", type=int, default=3, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1)
     add_path_arguments(parser)
     args = parse_or_run_worker(parser, run_worker)
     if args is None:
         return
-    worker_args = ["--device", args.device, "--batch-size", str(args.batch_size), "--iters", str(args.iters),
-                   "--warmup", str(args.warmup), *path_worker_arguments(args)] + (["--amp"] if args.amp else [])
+    worker_args = ["--device", args.device, "--batch-size", str(args.batch_size), "--repeat", str(args.repeat),
+                   "--warmup", str(args.warmup), "--dtype", args.dtype, *path_worker_arguments(args)]
     results = {}
     for path, result in run_path_workers(__file__, args.paths, worker_args):
         results[path] = result
         seconds = statistics.median(result["times"])
-        print(f"GLIP-T train {result['device']} {'amp' if args.amp else 'fp32'} batch {args.batch_size} image "
+        print(f"GLIP-T train {result['device']} {args.dtype} batch {args.batch_size} image "
               f"{args.size[0]}x{args.size[1]} {path:9s}: {args.batch_size / seconds:.4f} images/s (median step "
               f"{seconds:.2f} s over {len(result['times'])} steps), peak memory {result['peak_gb']:.2f} GB")
     if len(results) == 2:

@@ -122,7 +122,7 @@ setup(
     packages=find_packages(include=("maskrcnn_benchmark", "maskrcnn_benchmark.*")),
     package_data={"maskrcnn_benchmark.modeling.language_backbone": ["bert-base-uncased/*"]},
     include_package_data=True,
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=read_requirements(),
     **extension_setup(),
 )

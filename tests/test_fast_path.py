@@ -155,6 +155,15 @@ def test_deform_conv_paths_agree(stride, offset_hw):
         torch.testing.assert_close(fast[1], direct, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("path", ["fast", "reference"])
+def test_deform_conv_empty_batch_with_offsets_from_a_finer_grid(path):
+    """An empty batch takes the per-sample-prefix addressing like any other (the shape check needs no sample)."""
+    with reference_mode(path == "reference"), torch.no_grad():
+        out = modulated_deform_conv(torch.randn(0, 4, 5, 6), torch.randn(0, 18, 7, 8), torch.rand(0, 9, 7, 8),
+                                    torch.randn(3, 4, 3, 3), None, padding=1)
+    assert out.shape == (0, 3, 5, 6)
+
+
 def test_deform_conv_leaves_its_bias_alone_on_a_single_output_pixel():
     weight, bias, image = torch.randn(4, 3, 3, 3), torch.randn(4), torch.randn(1, 3, 1, 1)
     before = bias.clone()

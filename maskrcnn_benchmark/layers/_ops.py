@@ -24,6 +24,7 @@ import torchvision
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
+from maskrcnn_benchmark.layers.conv_geometry import conv_output_size
 from maskrcnn_benchmark.layers.fast_path import fast_path_enabled
 from maskrcnn_benchmark.utils import npu
 
@@ -326,10 +327,6 @@ def _deform_backward(ctx, grad):
     return (*grads, grad_bias) + (None,) * len(ctx.config)
 
 
-def _conv_out(size: int, kernel_size: int, stride: int, pad: int, dilation: int) -> int:
-    return (size + 2 * pad - (dilation * (kernel_size - 1) + 1)) // stride + 1
-
-
 def _register_autograd_and_fakes() -> None:
     """Backward formulas (as the *_backward ops) and shape-only implementations for torch.compile/meta."""
     library = torch.library
@@ -356,8 +353,8 @@ def _register_autograd_and_fakes() -> None:
 
     @library.register_fake("glip::modulated_deform_conv")
     def _(input, offset, mask, weight, bias, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, *groups):
-        out_h = _conv_out(input.shape[2], weight.shape[2], stride_h, pad_h, dilation_h)
-        out_w = _conv_out(input.shape[3], weight.shape[3], stride_w, pad_w, dilation_w)
+        out_h = conv_output_size(input.shape[2], weight.shape[2], stride_h, pad_h, dilation_h)
+        out_w = conv_output_size(input.shape[3], weight.shape[3], stride_w, pad_w, dilation_w)
         return input.new_empty((input.shape[0], weight.shape[0], out_h, out_w))
 
     @library.register_fake("glip::modulated_deform_conv_backward")

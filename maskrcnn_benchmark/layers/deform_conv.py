@@ -13,30 +13,8 @@ from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
 
 from ._ops import dispatchable
+from .conv_geometry import conv_output_size, per_sample_prefix
 from .fast_path import fast_path_enabled
-
-
-def _as_per_sample_buffer(tensor: Tensor, height: int, width: int) -> Tensor:
-    """Reinterpret each sample of `tensor` (N, C, h, w) as a contiguous (C, height, width) block.
-
-    The official CUDA kernel never checks the offset/mask shapes: for sample b it reads C*height*width
-    values starting at tensor[b].data_ptr(). GLIP's DyConv relies on this when it feeds offsets computed on
-    a finer level to the convolution of the next coarser level, so the prefix of every sample's buffer is
-    used, not a resampled grid.
-    """
-    if tensor.shape[-2:] == (height, width):
-        return tensor
-    batch, channels = tensor.shape[:2]
-    needed = channels * height * width
-    if tensor[0].numel() < needed:
-        raise ValueError(
-            f"offset/mask of shape {tuple(tensor.shape)} is too small for an output grid of {height}x{width}"
-        )
-    return tensor.reshape(batch, -1)[:, :needed].view(batch, channels, height, width)
-
-
-def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - (dilation * (kernel - 1) + 1)) // stride + 1
 
 
 @dispatchable("modulated_deform_conv")
@@ -52,10 +30,10 @@ def modulated_deform_conv(
 ) -> Tensor:
     """Modulated deformable conv with the official kernel's raw per-sample offset/mask addressing."""
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    out_h = _output_size(input.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
-    out_w = _output_size(input.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
-    offset = _as_per_sample_buffer(offset, out_h, out_w)
-    mask = _as_per_sample_buffer(mask, out_h, out_w)
+    out_h = conv_output_size(input.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+    out_w = conv_output_size(input.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    offset = per_sample_prefix(offset, out_h, out_w)
+    mask = per_sample_prefix(mask, out_h, out_w)
     conv = _fast_deform_conv if fast_path_enabled() else _torchvision_deform_conv
     if torch.is_autocast_enabled(input.device.type):
         # The official op is decorated with custom_fwd(cast_inputs=float32): it always runs in fp32.

@@ -137,23 +137,6 @@ def npu_offset_order(taps: int, deformable_groups: int, device: torch.device) ->
     return as_tensor(forward), as_tensor(inverse)
 
 
-def per_sample_prefix(tensor: Tensor, height: int, width: int) -> Tensor:
-    """Each sample of `tensor` (N, C, h, w) read as a (C, height, width) block from its first element on.
-
-    This is the official kernel's raw per-sample addressing, which GLIP relies on when offsets computed on a
-    finer level drive the convolution of a coarser one (see layers.deform_conv).
-    """
-    if tensor.shape[-2:] == (height, width):
-        return tensor
-    batch, channels = tensor.shape[:2]
-    needed = channels * height * width
-    if tensor.shape[1:].numel() < needed:
-        raise ValueError(
-            f"offset/mask of shape {tuple(tensor.shape)} is too small for an output grid of {height}x{width}"
-        )
-    return tensor.flatten(1)[:, :needed].reshape(batch, channels, height, width)
-
-
 class _NpuModulatedDeformConv(torch.autograd.Function):
     """npu_deformable_conv2d forward, npu_deformable_conv2dbk backward, on torch_npu's offset layout."""
 
@@ -212,10 +195,13 @@ def npu_modulated_deform_conv(
     Computed in float32, the only dtype of torch_npu's deformable conv; like the official op, the result stays
     float32 under autocast and has the input's dtype otherwise.
     """
+    # Imported here: maskrcnn_benchmark.layers imports this module.
+    from maskrcnn_benchmark.layers.conv_geometry import conv_output_size, per_sample_prefix
+
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     kernel_h, kernel_w = weight.shape[2:]
-    out_h = (input.shape[2] + 2 * padding[0] - (dilation[0] * (kernel_h - 1) + 1)) // stride[0] + 1
-    out_w = (input.shape[3] + 2 * padding[1] - (dilation[1] * (kernel_w - 1) + 1)) // stride[1] + 1
+    out_h = conv_output_size(input.shape[2], kernel_h, stride[0], padding[0], dilation[0])
+    out_w = conv_output_size(input.shape[3], kernel_w, stride[1], padding[1], dilation[1])
     offset = per_sample_prefix(offset, out_h, out_w)
     mask = per_sample_prefix(mask, out_h, out_w)
     groups = input.shape[1] // weight.shape[1]

@@ -79,10 +79,10 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
     return norm
 
 
-def nonfinite_message(iteration: int, losses: Dict[str, torch.Tensor]) -> str:
-    """What the log says about a non-finite loss: the iteration and every loss value."""
-    values = ", ".join(f"{name} = {value.item():.6g}" for name, value in losses.items())
-    return f"Non-finite loss at iteration {iteration}: {values}"
+def nonfinite_message(iteration: int, losses: Dict[str, float], what: str = "loss") -> str:
+    """What the log says about a non-finite loss (or gradient): the iteration and every loss value."""
+    values = ", ".join(f"{name} = {value:.6g}" for name, value in losses.items())
+    return f"Non-finite {what} at iteration {iteration}: {values}"
 
 
 def log_line(meters: MetricLogger, iteration: int, max_iter: int, optimizer: torch.optim.Optimizer,
@@ -234,20 +234,23 @@ def train_step(cfg, model: nn.Module, batch: Any, optimizer: torch.optim.Optimiz
     loss_dict = forward_losses(model, batch, device, cfg.SOLVER.USE_AMP)
     reduced = reduce_loss_dict(loss_dict)
     total = sum(reduced.values())
-    if not math.isfinite(total.item()):
-        handle_nonfinite(cfg, nonfinite_message(iteration, dict(reduced, loss=total)), optimizer, scheduler,
+    # One device-to-host copy for every logged value (each .item() would wait for the device on its own).
+    total_value, *loss_values = torch.stack([total, *reduced.values()]).tolist()
+    losses = dict(zip(reduced, loss_values))
+    if not math.isfinite(total_value):
+        handle_nonfinite(cfg, nonfinite_message(iteration, {**losses, "loss": total_value}), optimizer, scheduler,
                          arguments)
         return
     norm = optimizer_step(sum(loss_dict.values()), optimizer, scaler)
     if not math.isfinite(norm):
         # A non-finite gradient with a finite loss would turn every weight into NaN through the update.
-        message = nonfinite_message(iteration, dict(reduced, loss=total)).replace("loss at", "gradient at")
+        message = nonfinite_message(iteration, {**losses, "loss": total_value}, what="gradient")
         handle_nonfinite(cfg, f"{message}, gradient norm = {norm}", optimizer, scheduler, arguments)
         return
     scheduler.step()
     if model_ema is not None:
         model_ema.update(model)
-    values = {"loss": total.item(), **{name: value.item() for name, value in reduced.items()}}
+    values = {"loss": total_value, **losses}
     meters.update(**values)
     record_losses(arguments["loss_history"], iteration, values)
 

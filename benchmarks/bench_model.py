@@ -10,7 +10,6 @@ paths' outputs (eval: detection scores and boxes; train: losses and gradient nor
 import argparse
 import contextlib
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from maskrcnn_benchmark.layers import reference_mode  # noqa: E402
 from maskrcnn_benchmark.modeling.detector import build_detection_model  # noqa: E402
 from maskrcnn_benchmark.structures.bounding_box import BoxList  # noqa: E402
 from maskrcnn_benchmark.structures.image_list import to_image_list  # noqa: E402
+from maskrcnn_benchmark.utils.device import peak_memory_mb, synchronize_device  # noqa: E402
 
 COCO_NAMES = (
     "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign parking_meter "
@@ -81,23 +81,14 @@ def build_model(device: str, stochastic: bool = True, cfg=None) -> torch.nn.Modu
     return model
 
 
-def peak_memory_gb(device: str) -> float:
-    """Peak resident memory of this process (CPU) or peak CUDA allocation, in GB."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-
-
 def time_runs(step, repeat: int, device: str) -> list:
     """Seconds of each of `repeat` runs of `step` after one warm-up."""
     times = []
     for _ in range(repeat + 1):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize_device(torch.device(device))
         start = time.perf_counter()
         step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize_device(torch.device(device))
         times.append(time.perf_counter() - start)
     return times[1:]
 
@@ -157,7 +148,8 @@ def run_worker(args) -> None:
     step, outputs = make_step(model, args)
     with reference_mode(args.worker == "reference"):
         times = time_runs(step, args.repeat, args.device)
-    torch.save({"times": times, "peak_gb": peak_memory_gb(args.device), "outputs": outputs}, args.out)
+    torch.save({"times": times, "peak_gib": peak_memory_mb(torch.device(args.device)) / 1024, "outputs": outputs},
+               args.out)
 
 
 def matmul_gflops(dtype: torch.dtype, threads: int, size: int = 2048, runs: int = 5) -> float:
@@ -268,12 +260,12 @@ def main() -> None:
         times = result["times"]
         print(f"GLIP-T {args.mode} {args.device} {args.dtype} image {args.size[0]}x{args.size[1]} "
               f"threads {args.threads} {path:9s}: median {statistics.median(times):.2f} s "
-              f"(runs {', '.join(f'{t:.2f}' for t in times)}), peak memory {result['peak_gb']:.2f} GB")
+              f"(runs {', '.join(f'{t:.2f}' for t in times)}), peak memory {result['peak_gib']:.2f} GiB")
     if len(results) == 2:
         fast, reference = results["fast"], results["reference"]
         ratio = statistics.median(reference["times"]) / statistics.median(fast["times"])
-        print(f"speed-up fast vs reference: {ratio:.2f}x; peak memory {fast['peak_gb']:.2f} vs "
-              f"{reference['peak_gb']:.2f} GB; {compare(args.mode, fast['outputs'], reference['outputs'])}")
+        print(f"speed-up fast vs reference: {ratio:.2f}x; peak memory {fast['peak_gib']:.2f} vs "
+              f"{reference['peak_gib']:.2f} GiB; {compare(args.mode, fast['outputs'], reference['outputs'])}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -86,7 +86,7 @@ def run_worker(args) -> None:
                 times.append(time.perf_counter() - start)
             losses_per_step.append({name: value.item() for name, value in losses.items()})
     torch.save({"times": times, "losses": losses_per_step, "device": str(device),
-                "peak_gb": peak_memory_mb(device) / 1024}, args.out)
+                "peak_gib": peak_memory_mb(device) / 1024}, args.out)
 
 
 def main() -> None:
@@ -111,15 +111,15 @@ def main() -> None:
         seconds = statistics.median(result["times"])
         print(f"GLIP-T train {result['device']} {args.dtype} batch {args.batch_size} image "
               f"{args.size[0]}x{args.size[1]} {path:9s}: {args.batch_size / seconds:.4f} images/s (median step "
-              f"{seconds:.2f} s over {len(result['times'])} steps), peak memory {result['peak_gb']:.2f} GB")
+              f"{seconds:.2f} s over {len(result['times'])} steps), peak memory {result['peak_gib']:.2f} GiB")
     if len(results) == 2:
         fast, reference = results["fast"], results["reference"]
         ratio = statistics.median(reference["times"]) / statistics.median(fast["times"])
         differences = ", ".join(
             f"{max(abs(f[name] - r[name]) / max(abs(r[name]), 1e-12) for name in r):.1e}"
             for f, r in zip(fast["losses"], reference["losses"]))
-        print(f"speed-up fast vs reference: {ratio:.2f}x; peak memory {fast['peak_gb']:.2f} vs "
-              f"{reference['peak_gb']:.2f} GB; largest relative loss difference per step: {differences}")
+        print(f"speed-up fast vs reference: {ratio:.2f}x; peak memory {fast['peak_gib']:.2f} vs "
+              f"{reference['peak_gib']:.2f} GiB; largest relative loss difference per step: {differences}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.data import CollatedBatch
 from maskrcnn_benchmark.data.build import make_batch_data_sampler, make_data_sampler
-from maskrcnn_benchmark.engine.trainer import NonFiniteLossError, do_train
+from maskrcnn_benchmark.engine.trainer import NonFiniteLossError, NoTrainingStepError, do_train
 from maskrcnn_benchmark.solver import make_lr_scheduler, make_optimizer
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import to_image_list
@@ -82,9 +83,10 @@ class NanGradient(torch.autograd.Function):
 class NoisyImages(Dataset):
     """Images whose noise (torch) and flip (Python random) are drawn when an item is read."""
 
-    def __init__(self, size: int = 6):
+    def __init__(self, size: int = 6, boxless: Sequence[int] = ()):
         generator = torch.Generator().manual_seed(7)
         self.images = torch.rand(size, 3, 8, 8, generator=generator)
+        self.boxless = set(boxless)  # indices of images without boxes (as after a caption dropped them)
 
     def __len__(self):
         return len(self.images)
@@ -95,7 +97,8 @@ class NoisyImages(Dataset):
         image = self.images[index] + 0.1 * torch.rand(3, 8, 8)
         if random.random() < 0.5:
             image = image.flip(-1)
-        target = BoxList(torch.tensor([[1.0, 1.0, 5.0, 5.0]]), (8, 8))
+        boxes = [] if index in self.boxless else [[1.0, 1.0, 5.0, 5.0]]
+        target = BoxList(torch.tensor(boxes).reshape(-1, 4), (8, 8))
         return image, target, index
 
 
@@ -120,11 +123,11 @@ def tiny_cfg(output_dir, max_iter=6, **solver):
     return cfg
 
 
-def run_tiny(cfg, nan_on_calls=(), early_stop_iteration=-1, dataset_size=6, nan_gradient_on_calls=()):
+def run_tiny(cfg, nan_on_calls=(), early_stop_iteration=-1, dataset_size=6, nan_gradient_on_calls=(), boxless=()):
     """What tools/train_net.py does, on the tiny model: seed, build, load or resume, train."""
     seed_all(cfg.SOLVER.SEED)
     model = TinyDetector(nan_on_calls, nan_gradient_on_calls)
-    dataset = NoisyImages(dataset_size)
+    dataset = NoisyImages(dataset_size, boxless)
     # The training loader's samplers, as make_data_loader builds them for one process.
     sampler = make_data_sampler(dataset, shuffle=True, distributed=False)
     batch_sampler = make_batch_data_sampler(dataset, sampler, [], cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER,
@@ -234,6 +237,40 @@ def test_nonfinite_steps_are_skipped_when_configured(tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert any("Non-finite loss at iteration 5" in m and "step skipped (3 so far)" in m for m in messages)
     assert "skipped steps: 3" in [m for m in messages if "iter: 6" in m][0]
+
+
+def skip_warnings(caplog) -> list:
+    """The trainer's warnings about skipped batches, in order."""
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and "batch skipped" in r.getMessage()]
+
+
+def test_skipped_batches_are_warned_with_a_running_count_and_a_total(tmp_path, caplog):
+    cfg = tiny_cfg(tmp_path, max_iter=6)
+    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.trainer"):
+        _, _, arguments = run_tiny(cfg, boxless=(0,))  # image 0 is in one batch of each pass: 2 of 6 skipped
+    warnings = skip_warnings(caplog)
+    assert arguments["skipped_batches"] == len(warnings) == 2
+    assert "(1 batch skipped so far). Training images lose their boxes" in warnings[0]
+    assert warnings[1].endswith("(2 batches skipped so far).")
+    assert arguments["loss_history"]["iteration"] == [i for i in range(1, 7)
+                                                       if f"Iteration {i}: batch skipped" not in " ".join(warnings)]
+    totals = [r for r in caplog.records if r.getMessage().startswith("Optimizer steps taken")]
+    assert totals[0].levelno == logging.WARNING
+    assert totals[0].getMessage() == ("Optimizer steps taken (whole run): 4; batches skipped (too many images "
+                                      "without boxes): 2; steps skipped (non-finite loss): 0.")
+    assert (tmp_path / "model_final.pth").exists()
+
+
+def test_a_run_where_every_batch_is_skipped_fails_without_a_final_checkpoint(tmp_path, caplog):
+    cfg = tiny_cfg(tmp_path, max_iter=3)
+    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.trainer"), \
+            pytest.raises(NoTrainingStepError, match=r"No optimizer step was taken in iterations 1-3: 3 batches "
+                                                     r"were skipped .* no final checkpoint was written"):
+        run_tiny(cfg, boxless=range(6))
+    assert [m.split(": ")[0] for m in skip_warnings(caplog)] == ["Iteration 1", "Iteration 2", "Iteration 3"]
+    assert not (tmp_path / "model_final.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"  # the periodic one, before the end
 
 
 def test_sigkill_while_writing_a_checkpoint_leaves_only_loadable_checkpoints(tmp_path):

@@ -4,12 +4,11 @@ import logging
 import math
 import os
 import time
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from maskrcnn_benchmark.layers.deform_conv import NonFiniteOffsetError
 from maskrcnn_benchmark.utils.amp import autocast
 from maskrcnn_benchmark.utils.comm import all_gather, any_rank, broadcast_object, get_rank, is_main_process, \
     reduce_dict
@@ -90,14 +89,6 @@ def nonfinite_message(iteration: int, losses: Dict[str, float], what: str = "los
     return f"Non-finite {what} at iteration {iteration}: {values}"
 
 
-def nonfinite_offsets_message(iteration: int, model: nn.Module, error: NonFiniteOffsetError | None) -> str:
-    """What the log says when a deformable conv was given NaN/inf offsets (`error` is None on other processes)."""
-    if error is None:
-        return f"Non-finite deformable-conv offsets at iteration {iteration} on another process"
-    located = error.located(unwrap_model(model), f"Non-finite values inside the model at iteration {iteration}")
-    return str(located).rstrip(".")
-
-
 def log_line(meters: MetricLogger, iteration: int, max_iter: int, optimizer: torch.optim.Optimizer,
              device: torch.device, skipped: int, skipped_batches: int = 0) -> str:
     """The periodic training log line."""
@@ -115,45 +106,6 @@ def log_line(meters: MetricLogger, iteration: int, max_iter: int, optimizer: tor
     if skipped_batches:
         fields.append(f"skipped batches: {skipped_batches}")
     return meters.delimiter.join(fields)
-
-
-# Iterations at the start of a run left out of the throughput: their first-call costs (allocator growth, kernel
-# selection, lazy initialisation) are not the training speed.
-WARMUP_ITERATIONS = 10
-
-
-class Throughput(NamedTuple):
-    """Training speed over the iterations after warm-up."""
-
-    images_per_second: float
-    images: int
-    seconds: float
-    warmup_iterations: int
-
-
-def training_throughput(iteration_seconds: Sequence[float], images_per_iteration: int,
-                        warmup: int = WARMUP_ITERATIONS) -> Throughput:
-    """Images over their summed iteration time after warm-up (not the mean of per-iteration rates).
-
-    At most half of the iterations count as warm-up, so that a short run still measures something.
-    """
-    left_out = min(warmup, len(iteration_seconds) // 2)
-    timed = list(iteration_seconds)[left_out:]
-    seconds = float(sum(timed))
-    images = images_per_iteration * len(timed)
-    return Throughput(images / seconds if seconds > 0 else 0.0, images, seconds, left_out)
-
-
-def log_training_summary(total_time: float, iterations: int, iteration_seconds: Sequence[float],
-                         images_per_iteration: int) -> None:
-    """The total training time and the throughput line the launch scripts report."""
-    logger.info("Total training time: %s (%.4f s / it)", datetime.timedelta(seconds=int(total_time)),
-                total_time / max(iterations, 1))
-    if iteration_seconds:
-        speed = training_throughput(iteration_seconds, images_per_iteration)
-        logger.info("Training throughput: %.3f images/s (%d images in %.1f s of training iterations, data loading "
-                    "included; the first %d iterations left out as warm-up)", speed.images_per_second,
-                    speed.images, speed.seconds, speed.warmup_iterations)
 
 
 def evaluate_model(cfg, model: nn.Module, data_loader: Iterable, device: torch.device,
@@ -201,10 +153,8 @@ def write_loss_curve(history: Dict[str, List[float]], output_dir: str) -> None:
     iterations = history["iteration"]
     curves = {name: values for name, values in history.items() if name != "iteration"}
     path = os.path.join(output_dir, "loss_curve.png")
-    drawn = save_loss_curve(iterations, curves, path)
-    left_out = [name for name in curves if name not in drawn]
-    logger.info("Loss curve written to %s%s", path,
-                f" (not drawn, 0 at every iteration: {', '.join(left_out)})" if left_out else "")
+    save_loss_curve(iterations, curves, path)
+    logger.info("Loss curve written to %s", path)
 
 
 def do_train(
@@ -245,7 +195,6 @@ def do_train(
     data_iter = iter(data_loader)
     # After the loader's iterator exists (creating it draws from torch's generator), as at the checkpointed point.
     restore_rng_state(arguments.pop("rng_states", None))
-    iteration_seconds: List[float] = []  # each timed iteration of this run, for the throughput
     start_training_time = time.perf_counter()
     end = time.perf_counter()
     for iteration, batch in zip(range(start_iter + 1, stop_iter + 1), data_iter):
@@ -258,7 +207,6 @@ def do_train(
                        iteration)
             batch_time = time.perf_counter() - end
             meters.update(time=batch_time, data=data_time, fps=cfg.SOLVER.IMS_PER_BATCH / batch_time)
-            iteration_seconds.append(batch_time)
             meters.write_scalars(iteration)
         if is_main_process() and "time" in meters.meters and (
                 iteration % cfg.SOLVER.LOG_PERIOD == 0 or iteration == stop_iter):
@@ -280,8 +228,10 @@ def do_train(
             save_checkpoint(checkpointer, f"model_{iteration:07d}", arguments)
         end = time.perf_counter()
 
-    log_training_summary(time.perf_counter() - start_training_time, arguments["iteration"] - start_iter,
-                         iteration_seconds, cfg.SOLVER.IMS_PER_BATCH)
+    total_time = time.perf_counter() - start_training_time
+    done = max(arguments["iteration"] - start_iter, 1)
+    logger.info("Total training time: %s (%.4f s / it)", datetime.timedelta(seconds=int(total_time)),
+                total_time / done)
     log_skip_totals(arguments)
     write_loss_curve(history, cfg.OUTPUT_DIR)
     meters.close()
@@ -292,15 +242,7 @@ def train_step(cfg, model: nn.Module, batch: Any, optimizer: torch.optim.Optimiz
                scaler: Optional[torch.amp.GradScaler], model_ema: Optional[ModelEma], arguments: Dict[str, Any],
                meters: MetricLogger, iteration: int) -> None:
     """Forward, non-finite checks, backward, optimizer/scheduler/EMA step and loss bookkeeping for one batch."""
-    try:
-        loss_dict, offset_error = forward_losses(model, batch, device, cfg.SOLVER.USE_AMP), None
-    except NonFiniteOffsetError as error:
-        loss_dict, offset_error = None, error
-    # Every process learns of it (one flag, exchanged only under DDP), so that all skip or stop this step.
-    if any_rank(offset_error is not None, device):
-        handle_nonfinite(cfg, nonfinite_offsets_message(iteration, model, offset_error), optimizer, scheduler,
-                         arguments)
-        return
+    loss_dict = forward_losses(model, batch, device, cfg.SOLVER.USE_AMP)
     reduced = reduce_loss_dict(loss_dict)
     total = sum(reduced.values())
     # One device-to-host copy for every logged value (each .item() would wait for the device on its own).
@@ -368,5 +310,5 @@ def log_skip_totals(arguments: Dict[str, Any]) -> None:
     steps = len(arguments["loss_history"].get("iteration", []))
     batches, nonfinite = arguments["skipped_batches"], arguments["skipped_steps"]
     level = logging.WARNING if batches or nonfinite else logging.INFO
-    logger.log(level, "Optimizer steps taken (whole run): %d; batches skipped (too many images without boxes): %d; steps "
-               "skipped (non-finite loss): %d.", steps, batches, nonfinite)
+    logger.log(level, "Optimizer steps taken (whole run): %d; batches skipped (too many images without boxes): "
+               "%d; steps skipped (non-finite loss): %d.", steps, batches, nonfinite)

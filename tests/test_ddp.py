@@ -1,5 +1,9 @@
-"""Distributed training: 2 CPU processes (torchrun, gloo) at global batch 2 train like 1 process at batch 2."""
+"""Distributed training: 2 CPU processes (torchrun, gloo) at global batch 2 train like 1 process at batch 2; a hung
+process ends the run after SOLVER.DDP_TIMEOUT_MINUTES."""
+import re
+import socket
 import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -34,3 +38,54 @@ def test_two_processes_match_one_process(tmp_path_factory):
     for entry in ("model", "model_ema"):
         for key, value in single[entry].items():
             torch.testing.assert_close(ddp[entry][key], value, rtol=0, atol=1e-5, msg=f"{entry}.{key}")
+
+
+# A process of a 2-process gloo group on CPU: joins with SOLVER.DDP_TIMEOUT_MINUTES from the command line, then
+# rank 1 stops itself (SIGSTOP, a hung process) and rank 0 calls the trainer's first collective of an iteration.
+HUNG_RANK_WORKER = """
+import os, signal, sys, time
+import torch
+from maskrcnn_benchmark.config import get_cfg_defaults
+from maskrcnn_benchmark.utils.comm import any_rank
+from maskrcnn_benchmark.utils.device import init_distributed
+
+cfg = get_cfg_defaults()
+cfg.merge_from_list(["SOLVER.DDP_TIMEOUT_MINUTES", sys.argv[1]])
+init_distributed(torch.device("cpu"), cfg.SOLVER.DDP_TIMEOUT_MINUTES)
+if os.environ["RANK"] == "1":
+    os.kill(os.getpid(), signal.SIGSTOP)
+start = time.perf_counter()
+try:
+    any_rank(False, torch.device("cpu"))
+finally:
+    print(f"waited {time.perf_counter() - start:.1f} s", flush=True)
+"""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (never torchrun's fixed 29500, which parallel runs would share)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_hung_rank_fails_the_other_rank_after_the_ddp_timeout_naming_the_collective():
+    port = free_port()
+    ranks = [subprocess.Popen([sys.executable, "-c", HUNG_RANK_WORKER, "0.05"], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+             for rank in (0, 1)]
+    try:
+        stdout, stderr = ranks[0].communicate(timeout=60)
+        assert ranks[1].poll() is None  # the stopped rank is still there, hung
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+    assert ranks[0].returncode != 0
+    waited = float(re.search(r"waited ([\d.]+) s", stdout).group(1))
+    assert 2.0 < waited < 15.0  # SOLVER.DDP_TIMEOUT_MINUTES 0.05 = 3 s, not torch's 30 minutes
+    assert "CollectiveError: all_reduce (any_rank) failed on rank 0 of 2: another process did not take part " \
+           "within the timeout (SOLVER.DDP_TIMEOUT_MINUTES)" in stderr, stderr[-3000:]

@@ -178,7 +178,7 @@ def main(argv: Optional[List[str]] = None) -> torch.nn.Module:
     local_rank = get_local_rank() if args.local_rank is None else args.local_rank
     cfg, device = setup_config(args, local_rank)
     set_current_device(device)
-    distributed = init_distributed(device)
+    distributed = init_distributed(device, cfg.SOLVER.DDP_TIMEOUT_MINUTES)
     if args.disable_output_distributed and get_rank() > 0:
         sys.stdout = open(os.devnull, "w")
     seed_all(cfg.SOLVER.SEED + get_rank())

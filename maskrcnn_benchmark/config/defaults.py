@@ -323,6 +323,11 @@ _C.MODEL.DYHEAD.FUSE_CONFIG.ATTN_NUM_HEADS = 8
 _C.SOLVER.LOG_PERIOD = 20
 _C.SOLVER.KEEP_LAST_CHECKPOINTS = 0
 _C.SOLVER.SKIP_NONFINITE_STEPS = False
+# Several processes: a collective (gradient or loss all-reduce, barrier, gather) that waits longer than this many
+# minutes for another process fails with an error naming it, so a hung, stopped or dead process ends the run
+# (the official code keeps torch's default, 30 minutes). A float: 30.0. The other processes wait while rank 0
+# computes the COCO metrics of an evaluation: raise it for very large evaluation sets.
+_C.SOLVER.DDP_TIMEOUT_MINUTES = 30.0
 # Evaluate DATASETS.TEST after training (the Ascend port's key; the official train_net never does, and ignores
 # --skip-test), and every EVAL_PERIOD iterations when TEST.DURING_TRAINING (0 = at each checkpoint).
 _C.TEST.AFTER_TRAINING = False
@@ -337,6 +342,7 @@ PORT_KEYS = (
     "SOLVER.LOG_PERIOD",
     "SOLVER.KEEP_LAST_CHECKPOINTS",
     "SOLVER.SKIP_NONFINITE_STEPS",
+    "SOLVER.DDP_TIMEOUT_MINUTES",
     "TEST.AFTER_TRAINING",
     "TEST.EVAL_PERIOD",
 )

@@ -1,10 +1,35 @@
 """Collective helpers for multi-process (torch.distributed) training that also work in a single process."""
+import contextlib
 import os
-from typing import Any, Dict, List
+import re
+from typing import Any, Dict, Iterator, List
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed because another process did not answer in time (hung, stopped or died)."""
+
+
+# How gloo, nccl and hccl word a collective that waited too long or lost its peer.
+_COMMUNICATION_FAILURE = re.compile(r"timed out|timeout|connection (reset|closed)|peer", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def named_collective(what: str) -> Iterator[None]:
+    """Re-raise a timeout or lost peer inside the block as CollectiveError naming `what` and this process."""
+    try:
+        yield
+    except RuntimeError as error:
+        if isinstance(error, CollectiveError) or not _COMMUNICATION_FAILURE.search(str(error)):
+            raise
+        raise CollectiveError(
+            f"{what} failed on rank {get_rank()} of {get_world_size()}: another process did not take part within "
+            "the timeout (SOLVER.DDP_TIMEOUT_MINUTES); it has hung, been stopped or died. See that process's log. "
+            f"({str(error).strip()})"
+        ) from error
 
 
 def is_distributed() -> bool:
@@ -35,7 +60,8 @@ def is_main_process() -> bool:
 def synchronize() -> None:
     """Barrier over all processes (no-op when not distributed)."""
     if get_world_size() > 1:
-        dist.barrier()
+        with named_collective("barrier (synchronize)"):
+            dist.barrier()
 
 
 def all_gather(data: Any) -> List[Any]:
@@ -43,7 +69,8 @@ def all_gather(data: Any) -> List[Any]:
     if get_world_size() == 1:
         return [data]
     gathered: List[Any] = [None] * get_world_size()
-    dist.all_gather_object(gathered, data)
+    with named_collective("all_gather_object (all_gather)"):
+        dist.all_gather_object(gathered, data)
     return gathered
 
 
@@ -52,7 +79,8 @@ def broadcast_object(data: Any, src: int = 0) -> Any:
     if get_world_size() == 1:
         return data
     holder = [data]
-    dist.broadcast_object_list(holder, src=src)
+    with named_collective("broadcast_object_list (broadcast_object)"):
+        dist.broadcast_object_list(holder, src=src)
     return holder[0]
 
 
@@ -67,7 +95,8 @@ def reduce_dict(input_dict: Dict[str, torch.Tensor], average: bool = True) -> Di
     with torch.no_grad():
         names = sorted(input_dict)  # the same order on every rank
         values = torch.stack([input_dict[name].detach().float() for name in names])
-        dist.all_reduce(values)
+        with named_collective(f"all_reduce (reduce_dict of {', '.join(names)})"):
+            dist.all_reduce(values)
         if average:
             values /= world_size
     reduced = dict(zip(names, values))
@@ -79,7 +108,8 @@ def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if get_world_size() < 2:
         return tensor
     tensor = tensor.clone()
-    dist.all_reduce(tensor)
+    with named_collective("all_reduce (reduce_sum)"):
+        dist.all_reduce(tensor)
     return tensor
 
 
@@ -88,8 +118,9 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     if get_world_size() < 2:
         return flag
     value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+    with named_collective("all_reduce (any_rank)"):
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item() > 0)
 
 
 def shared_random_seed() -> int:

@@ -72,17 +72,21 @@ def set_current_device(device: torch.device) -> None:
             torch.npu.set_compile_mode(jit_compile=False)
 
 
-def init_distributed(device: torch.device, timeout_s: int = 7200) -> bool:
+def init_distributed(device: torch.device, timeout_minutes: float = 30.0) -> bool:
     """Join the process group that torchrun describes (WORLD_SIZE > 1); False for a single process.
 
     The backend follows the device: nccl for CUDA, hccl for NPU, gloo for CPU; `device` becomes the current one.
+    A collective that waits longer than `timeout_minutes` (SOLVER.DDP_TIMEOUT_MINUTES) for another process fails
+    instead of blocking, so that a hung or stopped process ends the run.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
+    if not timeout_minutes > 0:
+        raise ValueError(f"SOLVER.DDP_TIMEOUT_MINUTES must be positive (minutes, e.g. 30.0), got {timeout_minutes}.")
     if not dist.is_initialized():
         set_current_device(device)
         dist.init_process_group(backend=BACKENDS[device.type], init_method="env://",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return True
 
 

@@ -16,13 +16,17 @@ SCORE_AGGREGATIONS = ("MEAN", "MAX")
 def token_to_class_scores(
     token_probs: torch.Tensor, positive_map: Dict[int, List[int]], num_classes: int, score_agg: str = "MEAN"
 ) -> torch.Tensor:
-    """(N, A, T) token probabilities -> (N, A, num_classes) scores; column label-1 aggregates that label's tokens.
+    """(N, A, T) token probabilities -> (N, A, C) scores; column label-1 aggregates that label's tokens.
 
-    Columns of labels absent from positive_map stay 0.
+    C is num_classes, or the largest label when it is larger. Columns of labels absent from positive_map stay 0.
     """
     if score_agg not in SCORE_AGGREGATIONS:
         raise ValueError(f"score aggregation {score_agg!r} is not one of {SCORE_AGGREGATIONS}")
-    scores = token_probs.new_zeros(token_probs.shape[0], token_probs.shape[1], num_classes)
+    # The official matrix has the head's num_classes columns and fails on a larger label (a prompt of more
+    # phrases, a later chunk of a chunked evaluation). Up to num_classes the layout is the official one; beyond,
+    # it widens to the largest label (like MDETR_STYLE_AGGREGATE_CLASS_NUM, which the official LVIS configs set).
+    width = max([num_classes, *positive_map])
+    scores = token_probs.new_zeros(token_probs.shape[0], token_probs.shape[1], width)
     # Labels with the same number of tokens are aggregated together, one gather per token count.
     labels_by_token_count = defaultdict(list)
     for label, tokens in positive_map.items():

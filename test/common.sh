@@ -194,7 +194,9 @@ launch_training() {
   if [ "${EARLY_STOP_ITERATION:--1}" -gt 0 ]; then
     early_stop=(--early_stop_iteration "$EARLY_STOP_ITERATION")
   fi
+  echo "Training ${CONFIG} with ${NPROC} process(es) on ${DEVICE_TYPE}; full log: ${LOG_FILE#"${cur_path}/"}"
   start_time=$(date +%s)
+  # Everything goes to the log; the terminal gets a progress line (test/show_progress.py).
   "${LAUNCH[@]}" tools/train_net.py \
     --config-file "$CONFIG" \
     --skip-test \
@@ -203,9 +205,9 @@ launch_training() {
     "${TRAIN_OPTS[@]}" \
     SOLVER.IMS_PER_BATCH "$BATCH_SIZE" SOLVER.USE_AMP "$USE_AMP" SOLVER.LOG_PERIOD 1 \
     TEST.DURING_TRAINING False TEST.AFTER_TRAINING True TEST.SUBSET "$EVAL_SUBSET" \
-    "${DEVICE_OPTS[@]}" "${EXTRA_OPTS[@]}" \
-    > "$LOG_FILE" 2>&1
-  run_status=$?
+    "${DEVICE_OPTS[@]}" "${EXTRA_OPTS[@]}" 2>&1 \
+    | tee "$LOG_FILE" | python -u "${test_path_dir}/show_progress.py"
+  run_status=${PIPESTATUS[0]}
   end_time=$(date +%s)
   if [ "$SYNTHETIC" == "True" ] && [ "$run_status" == 0 ]; then
     draw_synthetic_predictions
@@ -242,6 +244,85 @@ launch_eval() {
   end_time=$(date +%s)
 }
 
+# The COCO metrics table of the last evaluation in the log.
+print_coco_metrics() {
+  local table
+  table=$(grep -a -E "^ Average (Precision|Recall) " "$LOG_FILE" | tail -12)
+  if [ -n "$table" ]; then
+    echo "------------------ COCO bbox metrics (validation) ------------------"
+    echo "$table"
+  fi
+}
+
+# A file shown relative to the repository root when it lies inside it.
+shown_path() {
+  echo "${1#"${cur_path}/"}"
+}
+
+# A validation image and the names of its annotated categories ("red circle. blue square"), tab-separated.
+demo_example() {
+  python - "$1" "$2" <<'EOF'
+import json, os, sys
+with open(sys.argv[1]) as f:
+    data = json.load(f)
+names = {c["id"]: c["name"] for c in data["categories"]}
+for image in data["images"]:
+    ids = list(dict.fromkeys(a["category_id"] for a in data["annotations"] if a["image_id"] == image["id"]))
+    if ids:
+        print(os.path.join(sys.argv[2], image["file_name"]) + "\t" + ". ".join(names[i] for i in ids))
+        break
+EOF
+}
+
+# Where the run's files are, and the demo command to try the trained weights.
+print_outputs() {
+  echo "------------------ Outputs ------------------"
+  echo "Log:                 $(shown_path "$LOG_FILE")"
+  local weight=""
+  if [ -f "${WORK_DIR}/last_checkpoint" ]; then
+    weight=${WORK_DIR}/$(cat "${WORK_DIR}/last_checkpoint")
+    echo "Weights:             $(shown_path "$weight")"
+  fi
+  if [ -f "${WORK_DIR}/loss_curve.png" ]; then
+    echo "Loss curve:          $(shown_path "${WORK_DIR}/loss_curve.png")"
+  fi
+  if [ -d "${WORK_DIR}/val_images" ]; then
+    echo "Validation pictures: $(shown_path "${WORK_DIR}/val_images")/ (true boxes green, predictions red)"
+  fi
+  if [ "$1" == "train" ] && [ -n "$weight" ]; then
+    print_demo_command "$weight"
+  fi
+}
+
+# The demo on a validation image of the run's dataset, prompted with the names of the objects in it.
+print_demo_command() {
+  local root=${DATASET:-$cur_path}
+  local ann_file=${root}/coco/annotations/instances_val2017.json img_dir=${root}/coco/val2017
+  if [ "$SYNTHETIC" == "True" ]; then
+    ann_file=datasets/synthetic/annotations/val.json img_dir=datasets/synthetic/val
+  fi
+  local example
+  example=$(demo_example "$ann_file" "$img_dir" 2>/dev/null)
+  if [ -n "$example" ]; then
+    local words=(python tools/demo.py "$(shown_path "${example%%$'\t'*}")" "${example#*$'\t'}"
+                 --config-file "$CONFIG" --weight "$(shown_path "$1")" --out demo.png "${EXTRA_OPTS[@]}")
+    local command="" word
+    for word in "${words[@]}"; do
+      command+="$(shell_word "$word") "
+    done
+    echo "Try the model:       ${command% }"
+  fi
+}
+
+# One argument written so that the shell reads it back unchanged: as is when plain, else in single quotes.
+shell_word() {
+  if [[ "$1" =~ ^[A-Za-z0-9_./:=,+-]+$ ]]; then
+    echo -n "$1"
+  else
+    echo -n "'${1//\'/\'\\\'\'}'"
+  fi
+}
+
 # Throughput, AP and duration from the log: printed, and written to <case>.log and <case>_perf_report.log.
 report() {
   e2e_time=$(( end_time - start_time ))
@@ -251,10 +332,10 @@ report() {
           | awk -F'[(]' '{split($2, a, " "); split($0, b, "on "); n = b[2] + 0
                           if (a[1] > 0) printf("%.3f", n / a[1])}')
   else
-    # The current (first) value of every "fps: X (median)" field, the first logged iteration (warm-up) left out.
-    fps=$(grep -a "fps: " "$LOG_FILE" | awk -F "fps: " '{print $2}' | awk '{print $1}' \
-          | awk '{v[NR] = $1} END {s = 0; n = 0; for (i = (NR > 1 ? 2 : 1); i <= NR; i++) {s += v[i]; n++}
-                 if (n) printf("%.3f", s / n)}')
+    # The trainer's "Training throughput: X images/s (N images in T s ...; warm-up left out)": images over the
+    # summed iteration time, not the mean of per-iteration rates (which slow iterations barely move).
+    throughput=$(grep -a "Training throughput: " "$LOG_FILE" | tail -1 | sed 's/.*Training throughput: //')
+    fps=${throughput%% *}
   fi
   accuracy=$(grep -a ".inference INFO: OrderedDict" "$LOG_FILE" | tail -1 | awk -F "'AP', " '{print $2}' \
              | awk -F ")" '{print $1}')
@@ -264,7 +345,13 @@ report() {
       > "${OUTPUT_PATH}/train_${CASE_NAME}_loss.txt"
   fi
 
+  print_coco_metrics
+  print_outputs "$1"
   echo "------------------ Final result ------------------"
+  if [ -n "${throughput:-}" ]; then
+    echo "Training throughput: ${throughput}"
+  fi
+  echo "Final validation bbox AP : ${accuracy} (COCO AP@[.50:.95]; reported below as Final Train Accuracy)"
   echo "Final Performance images/sec : ${fps}"
   echo "Final Train Accuracy : ${accuracy}"
   echo "E2E Training Duration sec : ${e2e_time}"

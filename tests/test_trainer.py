@@ -3,6 +3,8 @@
 Fast tests drive `do_train` with a tiny model and data; the end-to-end ones run tools/train_net.py (and the
 performance launch script) on the small golden model with 96x96 images of a COCO-format folder written here.
 """
+import importlib.util
+import io
 import json
 import logging
 import os
@@ -24,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.data import CollatedBatch
 from maskrcnn_benchmark.data.build import make_batch_data_sampler, make_data_sampler
-from maskrcnn_benchmark.engine.trainer import NonFiniteLossError, NoTrainingStepError, do_train
+from maskrcnn_benchmark.engine.trainer import WARMUP_ITERATIONS, NonFiniteLossError, NoTrainingStepError, \
+    do_train, training_throughput, write_loss_curve
 from maskrcnn_benchmark.solver import make_lr_scheduler, make_optimizer
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import to_image_list
@@ -32,7 +35,7 @@ from maskrcnn_benchmark.utils.amp import amp_dtype, make_grad_scaler
 from maskrcnn_benchmark.utils.checkpoint import Checkpointer, read_checkpoint
 from maskrcnn_benchmark.utils.device import resolve_device
 from maskrcnn_benchmark.utils.ema import ModelEma
-from maskrcnn_benchmark.utils.miscellaneous import seed_all
+from maskrcnn_benchmark.utils.miscellaneous import save_loss_curve, seed_all, split_constant_zero
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / "tests" / "fixtures" / "small"
@@ -464,6 +467,7 @@ def test_train_performance_script_runs_the_small_model_on_cpu(tmp_path):
     assert re.fullmatch(r"E2E Training Duration sec : \d+", lines[2]), lines
     output = ROOT / "test" / "output" / "pytest"
     try:
+        check_terminal_report(result.stdout, tmp_path)
         report = (output / "GLIP_for_PyTorch_bs1_1p_perf_perf_report.log").read_text()
         assert re.search(r"ActualFPS = \d+\.\d+", report)
         assert "CaseName = GLIP_for_PyTorch_bs1_1p_perf" in (output / "GLIP_for_PyTorch_bs1_1p_perf.log").read_text()
@@ -476,3 +480,143 @@ def test_train_performance_script_runs_the_small_model_on_cpu(tmp_path):
     subprocess.run(["rm", "-rf", str(output)], check=True)
     assert missing.returncode != 0
     assert "coco/annotations/instances_train2017.json is missing" in missing.stderr and "DATA.md" in missing.stderr
+
+
+
+def check_terminal_report(out: str, tmp_path: Path) -> None:
+    """What the launch script shows besides the three final lines: progress, COCO table, outputs, honest figures."""
+    # One progress line per iteration of this 2-iteration run (captured output: every ~5% of the run).
+    assert re.search(r"^iteration 1/2 \(50%\)  loss [\d.]+ \(median [\d.]+\)  [\d.]+ s/it  eta \d+:\d\d:\d\d$",
+                     out, re.M), out
+    assert re.search(r"^iteration 2/2 \(100%\)  loss ", out, re.M), out
+    assert len(re.findall(r"^ Average (?:Precision|Recall) .* = -?[\d.]+$", out, re.M)) == 12, out
+    log = ROOT / re.search(r"^Log: +(\S+)$", out, re.M).group(1)
+    assert re.search(r"^Weights: +(\S+)$", out, re.M).group(1) == str(tmp_path / "work" / "model_0000002.pth")
+    assert Path(re.search(r"^Loss curve: +(\S+)$", out, re.M).group(1)).is_file()
+
+    # Images over the timed iterations, warm-up left out: 2 iterations of 1 image, the first is warm-up.
+    throughput = re.search(r"^Training throughput: ([\d.]+) images/s \((\d+) images in ([\d.]+) s of training "
+                           r"iterations, data loading included; the first (\d+) iterations left out as warm-up\)$",
+                           out, re.M)
+    assert throughput, out
+    rate, images, seconds, warmup = (float(v) for v in throughput.groups())
+    assert (images, warmup) == (1, 1)
+    assert rate == pytest.approx(images / seconds, rel=0.1)  # seconds are shown with one decimal
+    assert f"Final Performance images/sec : {throughput.group(1)}" in out
+    assert throughput.group(0) in log.read_text()  # the trainer's own line, as logged
+
+    # The validation bbox AP under its own name, equal to the seed's "Final Train Accuracy".
+    ap = re.search(r"^Final validation bbox AP : (-?[\d.]+) \(COCO AP@\[\.50:\.95\]", out, re.M).group(1)
+    assert f"Final Train Accuracy : {ap}" in out
+
+    # The suggested demo command runs as printed (only the output file moved out of the repository).
+    demo = re.search(r"^Try the model: +(python tools/demo\.py .*)$", out, re.M).group(1)
+    picture = tmp_path / "demo.png"
+    assert " --out demo.png " in demo
+    subprocess.run(["bash", "-c", demo.replace(" --out demo.png ", f" --out {picture} ")], cwd=ROOT, env=_env(),
+                   check=True, capture_output=True, timeout=300)
+    with Image.open(picture) as png:
+        assert min(png.size) >= 512
+
+
+def test_training_throughput_is_images_over_time_with_warmup_left_out():
+    # A slow first iteration (warm-up) and one slow iteration later: 21 iterations of 2 images.
+    seconds = [10.0] + [0.5] * 19 + [20.0]
+    speed = training_throughput(seconds, images_per_iteration=2)
+    assert speed.warmup_iterations == WARMUP_ITERATIONS == 10
+    assert (speed.images, speed.seconds) == (2 * 11, 0.5 * 10 + 20.0)
+    assert speed.images_per_second == pytest.approx(22 / 25.0)
+    # The mean of per-iteration rates, which the report used to print, is 3.6 times higher here.
+    mean_of_rates = sum(2 / s for s in seconds[10:]) / 11
+    assert mean_of_rates > 3.5 * speed.images_per_second
+    # Short runs: at most half of the iterations count as warm-up.
+    assert training_throughput([3.0, 1.0], 4) == (4.0, 4, 1.0, 1)
+    assert training_throughput([2.0], 1) == (0.5, 1, 2.0, 0)
+    assert training_throughput([], 1) == (0.0, 0, 0.0, 0)
+
+
+def test_do_train_logs_the_throughput_it_measured(tmp_path, caplog):
+    cfg = tiny_cfg(tmp_path, max_iter=4, CHECKPOINT_PERIOD=100)
+    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.trainer"):
+        run_tiny(cfg)
+    times = [float(re.search(r"  time: ([\d.]+)", r.getMessage()).group(1)) for r in caplog.records
+             if "iter: " in r.getMessage()]
+    line, = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Training throughput: ")]
+    rate, images, seconds, warmup = re.fullmatch(
+        r"Training throughput: ([\d.]+) images/s \((\d+) images in ([\d.]+) s of training iterations, data "
+        r"loading included; the first (\d+) iterations left out as warm-up\)", line).groups()
+    assert (int(images), int(warmup)) == (2 * 2, 2)  # 4 iterations of 2 images, the first 2 are warm-up
+    assert float(seconds) == pytest.approx(sum(times[2:]), abs=0.06)
+    assert float(rate) == pytest.approx(training_throughput(times, 2).images_per_second, rel=0.01)
+
+
+def test_loss_curve_leaves_out_losses_that_are_zero_throughout(tmp_path, caplog):
+    losses = {"loss": [3.0, 2.0, 1.5], "loss_cls": [0.0, 0.0, 0.0], "loss_reg": [1.0, 0.0, 0.5]}
+    assert split_constant_zero(losses) == ({"loss": losses["loss"], "loss_reg": losses["loss_reg"]}, ["loss_cls"])
+    drawn = save_loss_curve([1, 2, 3], losses, str(tmp_path / "curve.png"))
+    assert drawn == ["loss", "loss_reg"]  # a loss that is 0 only sometimes is drawn
+    with Image.open(tmp_path / "curve.png") as png:
+        assert png.format == "PNG"
+    # The trainer says which losses it left out.
+    history = {"iteration": [1, 2, 3], **losses}
+    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.trainer"):
+        write_loss_curve(history, str(tmp_path))
+    assert any(r.getMessage().endswith("(not drawn, 0 at every iteration: loss_cls)") for r in caplog.records)
+
+
+def _progress_filter(in_place: bool, clock=lambda: 0.0):
+    spec = importlib.util.spec_from_file_location("show_progress", ROOT / "test" / "show_progress.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = io.StringIO()
+    return module.ProgressFilter(out, in_place=in_place, clock=clock), out
+
+
+def _log(message: str, level: str = "INFO") -> str:
+    return f"2026-01-01 10:00:00,000 maskrcnn_benchmark.trainer {level}: {message}\n"
+
+
+def _iteration_line(iteration: int) -> str:
+    return _log(f"eta: 0:01:{60 - iteration:02d}  iter: {iteration}  loss: 2.{iteration:04d} (2.5000)  "
+                f"time: 0.4000 (0.4100)  data: 0.0100 (0.0100)  lr: 0.000100")
+
+
+def test_progress_filter_condenses_the_log_for_a_captured_terminal():
+    progress, out = _progress_filter(in_place=False)
+    progress.feed(_log("Start training from iteration 0 to 100"))
+    progress.feed("a line of the config dump\n")
+    for iteration in range(1, 101):
+        progress.feed(_iteration_line(iteration))
+    progress.feed(_log("SOLVER.GRAD_CLIP has no effect", "WARNING"))
+    progress.feed(_log("Total training time: 0:00:40 (0.4000 s / it)"))
+    progress.finish()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Training iterations 1 to 100"
+    assert lines[1] == "iteration 1/100 (1%)  loss 2.0001 (median 2.5000)  0.4100 s/it  eta 0:01:59"
+    shown = [int(re.match(r"iteration (\d+)/100", line).group(1)) for line in lines if line.startswith("iteration")]
+    assert shown == [1, *range(6, 97, 5), 100]  # every 5% of the run, and the last iteration
+    assert lines[-2:] == ["WARNING: SOLVER.GRAD_CLIP has no effect", "Total training time: 0:00:40 (0.4000 s / it)"]
+    assert "config dump" not in out.getvalue()
+
+
+def test_progress_filter_prints_at_least_every_30_seconds_when_captured():
+    now = [0.0]
+    progress, out = _progress_filter(in_place=False, clock=lambda: now[0])
+    progress.feed(_log("Start training from iteration 0 to 1000"))
+    for iteration in range(1, 5):
+        now[0] = 31.0 * (iteration - 1)
+        progress.feed(_iteration_line(iteration))
+    assert [line.split()[1] for line in out.getvalue().splitlines()[1:]] == ["1/1000", "2/1000", "3/1000", "4/1000"]
+
+
+def test_progress_filter_rewrites_one_line_on_a_terminal():
+    progress, out = _progress_filter(in_place=True)
+    progress.feed(_log("Start training from iteration 3 to 5"))
+    for iteration in (4, 5):
+        progress.feed(_iteration_line(iteration))
+    progress.feed(_log("Loss curve written to out/loss_curve.png"))
+    progress.finish()
+    assert out.getvalue() == ("Training iterations 4 to 5\n"
+                              "\riteration 4/5 (80%)  loss 2.0004 (median 2.5000)  0.4100 s/it  eta 0:01:56\033[K"
+                              "\riteration 5/5 (100%)  loss 2.0005 (median 2.5000)  0.4100 s/it  eta 0:01:55\033[K\n"
+                              "Loss curve written to out/loss_curve.png\n")

@@ -4,7 +4,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -108,6 +108,45 @@ def log_line(meters: MetricLogger, iteration: int, max_iter: int, optimizer: tor
     return meters.delimiter.join(fields)
 
 
+# Iterations at the start of a run left out of the throughput: their first-call costs (allocator growth, kernel
+# selection, lazy initialisation) are not the training speed.
+WARMUP_ITERATIONS = 10
+
+
+class Throughput(NamedTuple):
+    """Training speed over the iterations after warm-up."""
+
+    images_per_second: float
+    images: int
+    seconds: float
+    warmup_iterations: int
+
+
+def training_throughput(iteration_seconds: Sequence[float], images_per_iteration: int,
+                        warmup: int = WARMUP_ITERATIONS) -> Throughput:
+    """Images over their summed iteration time after warm-up (not the mean of per-iteration rates).
+
+    At most half of the iterations count as warm-up, so that a short run still measures something.
+    """
+    left_out = min(warmup, len(iteration_seconds) // 2)
+    timed = list(iteration_seconds)[left_out:]
+    seconds = float(sum(timed))
+    images = images_per_iteration * len(timed)
+    return Throughput(images / seconds if seconds > 0 else 0.0, images, seconds, left_out)
+
+
+def log_training_summary(total_time: float, iterations: int, iteration_seconds: Sequence[float],
+                         images_per_iteration: int) -> None:
+    """The total training time and the throughput line the launch scripts report."""
+    logger.info("Total training time: %s (%.4f s / it)", datetime.timedelta(seconds=int(total_time)),
+                total_time / max(iterations, 1))
+    if iteration_seconds:
+        speed = training_throughput(iteration_seconds, images_per_iteration)
+        logger.info("Training throughput: %.3f images/s (%d images in %.1f s of training iterations, data loading "
+                    "included; the first %d iterations left out as warm-up)", speed.images_per_second,
+                    speed.images, speed.seconds, speed.warmup_iterations)
+
+
 def evaluate_model(cfg, model: nn.Module, data_loader: Iterable, device: torch.device,
                    dataset_name: str = "val", output_folder: Optional[str] = None) -> float:
     """COCO box AP of `model` on `data_loader` via engine.inference (on every process; the AP is shared)."""
@@ -153,8 +192,10 @@ def write_loss_curve(history: Dict[str, List[float]], output_dir: str) -> None:
     iterations = history["iteration"]
     curves = {name: values for name, values in history.items() if name != "iteration"}
     path = os.path.join(output_dir, "loss_curve.png")
-    save_loss_curve(iterations, curves, path)
-    logger.info("Loss curve written to %s", path)
+    drawn = save_loss_curve(iterations, curves, path)
+    left_out = [name for name in curves if name not in drawn]
+    logger.info("Loss curve written to %s%s", path,
+                f" (not drawn, 0 at every iteration: {', '.join(left_out)})" if left_out else "")
 
 
 def do_train(
@@ -195,6 +236,7 @@ def do_train(
     data_iter = iter(data_loader)
     # After the loader's iterator exists (creating it draws from torch's generator), as at the checkpointed point.
     restore_rng_state(arguments.pop("rng_states", None))
+    iteration_seconds: List[float] = []  # each timed iteration of this run, for the throughput
     start_training_time = time.perf_counter()
     end = time.perf_counter()
     for iteration, batch in zip(range(start_iter + 1, stop_iter + 1), data_iter):
@@ -207,6 +249,7 @@ def do_train(
                        iteration)
             batch_time = time.perf_counter() - end
             meters.update(time=batch_time, data=data_time, fps=cfg.SOLVER.IMS_PER_BATCH / batch_time)
+            iteration_seconds.append(batch_time)
             meters.write_scalars(iteration)
         if is_main_process() and "time" in meters.meters and (
                 iteration % cfg.SOLVER.LOG_PERIOD == 0 or iteration == stop_iter):
@@ -228,10 +271,8 @@ def do_train(
             save_checkpoint(checkpointer, f"model_{iteration:07d}", arguments)
         end = time.perf_counter()
 
-    total_time = time.perf_counter() - start_training_time
-    done = max(arguments["iteration"] - start_iter, 1)
-    logger.info("Total training time: %s (%.4f s / it)", datetime.timedelta(seconds=int(total_time)),
-                total_time / done)
+    log_training_summary(time.perf_counter() - start_training_time, arguments["iteration"] - start_iter,
+                         iteration_seconds, cfg.SOLVER.IMS_PER_BATCH)
     log_skip_totals(arguments)
     write_loss_curve(history, cfg.OUTPUT_DIR)
     meters.close()

@@ -1,7 +1,7 @@
 """Small helpers: folders, config dumps, seeding and random-state snapshots, the loss-curve plot."""
 import os
 import random
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -63,20 +63,38 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.npu.set_rng_state_all(state["npu"])
 
 
-def save_loss_curve(iterations: Sequence[int], losses: Dict[str, List[float]], path: str) -> None:
-    """Plot each loss against the iteration into a PNG (matplotlib, Agg backend)."""
+def split_constant_zero(losses: Dict[str, List[float]]) -> Tuple[Dict[str, List[float]], List[str]]:
+    """The series with a non-zero value somewhere, and the names of those that are 0 at every iteration.
+
+    In GLIP-T, loss_cls is always 0 (the dot-product token loss replaces the classification loss); a flat line at
+    0 only hides the other curves' scale.
+    """
+    shown = {name: values for name, values in losses.items() if any(value != 0 for value in values)}
+    return shown, [name for name in losses if name not in shown]
+
+
+def save_loss_curve(iterations: Sequence[int], losses: Dict[str, List[float]], path: str) -> List[str]:
+    """Plot each loss against the iteration into a PNG (matplotlib, Agg backend); returns the names drawn.
+
+    Losses that are 0 at every iteration are not drawn; a note under the plot names them.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    shown, always_zero = split_constant_zero(losses)
     figure, axis = plt.subplots(figsize=(8, 5))
-    for name, values in losses.items():
+    for name, values in shown.items():
         axis.plot(iterations, values, label=name, linewidth=1.5 if name == "loss" else 1.0)
     axis.set_xlabel("iteration")
     axis.set_ylabel("loss")
     axis.grid(True, alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
+    if shown:
+        axis.legend()
+    if always_zero:
+        figure.text(0.01, 0.01, f"Not drawn, 0 at every iteration: {', '.join(always_zero)}", fontsize=8)
+    figure.tight_layout(rect=(0, 0.04 if always_zero else 0, 1, 1))
     figure.savefig(path, dpi=100)
     plt.close(figure)
+    return [line.get_label() for line in axis.get_lines()]

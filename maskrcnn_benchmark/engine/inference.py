@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from maskrcnn_benchmark.data.datasets.positive_maps import create_positive_dict
 from maskrcnn_benchmark.data.evaluation import evaluate
+from maskrcnn_benchmark.layers.deform_conv import NonFiniteOffsetError
 from maskrcnn_benchmark.modeling.language_backbone import build_tokenizer, tokenize_captions
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.boxlist_ops import cat_boxlist
@@ -166,6 +167,14 @@ class PromptedDetector:
         return [cat_boxlist(list(per_image)) for per_image in zip(*per_prompt)]
 
 
+def _describe_images(dataset, indices: Sequence[int]) -> str:
+    """The images of these dataset indices, by file name where the dataset knows it."""
+    if not hasattr(dataset, "get_img_info"):
+        return f"the images of dataset indices {list(indices)}"
+    names = [dataset.get_img_info(index).get("file_name", f"index {index}") for index in indices]
+    return f"the images {names} (dataset indices {list(indices)})"
+
+
 def _run_model(detector: PromptedDetector, data_loader, subset: int, verbose: bool) -> Dict[int, BoxList]:
     """{dataset index: detections} over the loader (the first `subset` batches when subset >= 0)."""
     results: Dict[int, BoxList] = {}
@@ -174,7 +183,13 @@ def _run_model(detector: PromptedDetector, data_loader, subset: int, verbose: bo
         if i == subset:
             break
         images, _targets, image_ids, *_ = batch
-        results.update(zip((int(index) for index in image_ids), detector(images)))
+        try:
+            detections = detector(images)
+        except NonFiniteOffsetError as error:
+            images_named = _describe_images(data_loader.dataset, [int(index) for index in image_ids])
+            raise error.located(detector.model, f"Evaluation stopped: NaN/inf inside the model on {images_named}"
+                                ) from None
+        results.update(zip((int(index) for index in image_ids), detections))
     return results
 
 

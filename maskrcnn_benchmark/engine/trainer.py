@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
+from maskrcnn_benchmark.layers.deform_conv import NonFiniteOffsetError
 from maskrcnn_benchmark.utils.amp import autocast
 from maskrcnn_benchmark.utils.comm import all_gather, any_rank, broadcast_object, get_rank, is_main_process, \
     reduce_dict
@@ -87,6 +88,14 @@ def nonfinite_message(iteration: int, losses: Dict[str, float], what: str = "los
     """What the log says about a non-finite loss (or gradient): the iteration and every loss value."""
     values = ", ".join(f"{name} = {value:.6g}" for name, value in losses.items())
     return f"Non-finite {what} at iteration {iteration}: {values}"
+
+
+def nonfinite_offsets_message(iteration: int, model: nn.Module, error: NonFiniteOffsetError | None) -> str:
+    """What the log says when a deformable conv was given NaN/inf offsets (`error` is None on other processes)."""
+    if error is None:
+        return f"Non-finite deformable-conv offsets at iteration {iteration} on another process"
+    located = error.located(unwrap_model(model), f"Non-finite values inside the model at iteration {iteration}")
+    return str(located).rstrip(".")
 
 
 def log_line(meters: MetricLogger, iteration: int, max_iter: int, optimizer: torch.optim.Optimizer,
@@ -283,7 +292,15 @@ def train_step(cfg, model: nn.Module, batch: Any, optimizer: torch.optim.Optimiz
                scaler: Optional[torch.amp.GradScaler], model_ema: Optional[ModelEma], arguments: Dict[str, Any],
                meters: MetricLogger, iteration: int) -> None:
     """Forward, non-finite checks, backward, optimizer/scheduler/EMA step and loss bookkeeping for one batch."""
-    loss_dict = forward_losses(model, batch, device, cfg.SOLVER.USE_AMP)
+    try:
+        loss_dict, offset_error = forward_losses(model, batch, device, cfg.SOLVER.USE_AMP), None
+    except NonFiniteOffsetError as error:
+        loss_dict, offset_error = None, error
+    # Every process learns of it (one flag, exchanged only under DDP), so that all skip or stop this step.
+    if any_rank(offset_error is not None, device):
+        handle_nonfinite(cfg, nonfinite_offsets_message(iteration, model, offset_error), optimizer, scheduler,
+                         arguments)
+        return
     reduced = reduce_loss_dict(loss_dict)
     total = sum(reduced.values())
     # One device-to-host copy for every logged value (each .item() would wait for the device on its own).

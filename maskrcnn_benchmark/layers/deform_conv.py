@@ -5,6 +5,7 @@ multiplies per tap; training keeps torchvision's forward and replaces its slow C
 one (see _DeformConvFunction).
 """
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -185,6 +186,59 @@ def _fast_deform_conv(input, offset, mask, weight, bias, stride, padding, dilati
     return _sampled_deform_conv(input, offset, mask, weight, bias, stride, padding, dilation)
 
 
+class NonFiniteOffsetError(FloatingPointError):
+    """NaN or infinite offsets reached a deformable conv (found before any implementation reads memory at them)."""
+
+    def __init__(self, message: str, layer: nn.Module | None = None) -> None:
+        super().__init__(message)
+        self.layer = layer
+
+    def located(self, model: nn.Module, context: str) -> "NonFiniteOffsetError":
+        """The same error, its message starting with `context` and naming the layer's path in `model`."""
+        name = next((name for name, module in model.named_modules() if module is self.layer), None)
+        where = f" in layer {name}" if name else ""
+        return NonFiniteOffsetError(f"{context}{where}: {self}", self.layer)
+
+
+# The offsets last found finite (a weak reference and the version counter). DyConv gives one offset tensor to
+# the three convs of a level, so the check costs one device-to-host sync per DyConv level, not one per conv.
+_last_finite_offsets: tuple[weakref.ref, int | None] | None = None
+
+
+def _version_of(tensor: Tensor) -> int | None:
+    # Inference-mode tensors have no version counter.
+    return None if tensor.is_inference() else tensor._version
+
+
+def check_finite_offsets(offset: Tensor, layer: nn.Module | None = None) -> None:
+    """Raise NonFiniteOffsetError when `offset` holds NaN or inf: one fused reduction and one host sync.
+
+    It runs above the dispatch, for every implementation: each one addresses memory at the offsets, and
+    torchvision's kernel crashes the whole process (segmentation fault) on NaN offsets.
+    """
+    global _last_finite_offsets
+    if _last_finite_offsets is not None:
+        checked, version = _last_finite_offsets
+        if checked() is offset and version == _version_of(offset):
+            return
+    if not bool(torch.isfinite(offset).all()):
+        raise NonFiniteOffsetError(_offset_report(offset, layer), layer)
+    _last_finite_offsets = (weakref.ref(offset), _version_of(offset))
+
+
+def _offset_report(offset: Tensor, layer: nn.Module | None) -> str:
+    """What is wrong with non-finite offsets, where, and the usual causes."""
+    nan = int(torch.isnan(offset).sum())
+    infinite = int(torch.isinf(offset).sum())
+    conv = f"{type(layer).__name__}({layer.extra_repr()})" if layer is not None else "a deformable conv"
+    return (
+        f"Non-finite offsets reached {conv}: {nan} NaN and {infinite} infinite of {offset.numel()} values "
+        f"(offsets {tuple(offset.shape)}, a {offset.shape[-2]}x{offset.shape[-1]} feature map). The features "
+        "that predict them are not finite: training diverged (lower SOLVER.BASE_LR or enable "
+        "SOLVER.CLIP_GRADIENTS) or the input holds NaN/inf (check the images and INPUT.PIXEL_MEAN/PIXEL_STD)."
+    )
+
+
 class ModulatedDeformConv(nn.Module):
     """DCNv2 layer whose offsets (2*K channels, (dy, dx) per tap) and mask (K channels) are given by the caller."""
 
@@ -220,6 +274,7 @@ class ModulatedDeformConv(nn.Module):
 
     def forward(self, input: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
         """Convolve `input` sampling at the kernel taps shifted by `offset`, each weighted by `mask`."""
+        check_finite_offsets(offset, self)
         return modulated_deform_conv(
             input, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation
         )

@@ -11,6 +11,11 @@
 # 1 on CPU) --config=FILE --small (the small test model from tests/fixtures/small on tiny images, for CPU runs)
 # --synthetic (configs/synthetic/glip_synthetic.yaml: the shrunk GLIP trained from scratch on the generated shapes
 # dataset with that config's own solver settings, no COCO needed) --device_id=N (output folder test/output/N).
+# --output_path=DIR (the logs and reports, instead of test/output/N; also the default --work_dir).
+# Earlier results are never deleted. Training in a --work_dir that holds a last_checkpoint resumes that run (the same
+# command again continues it); --resume insists on one; --overwrite starts a new run in a folder that already holds
+# files, only writing over files of the same name; without it such a folder is refused. An earlier log of the same
+# name is kept as <log>.N. --dry_run makes every check and says what would run, writing nothing.
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT.
 
 LOAD_FROM="pretrain/glip_tiny_model_o365_goldg_cc_sbu.pth"
@@ -24,6 +29,12 @@ DEVICE_ID=${ASCEND_DEVICE_ID:-0}
 LOAD_FROM_GIVEN=False
 BATCH_SIZE_GIVEN=False
 MAX_EPOCH_GIVEN=False
+OUTPUT_PATH=""
+RESUME=False
+OVERWRITE=False
+DRY_RUN=False
+WRITE_SMALL_INIT=False
+RESUME_FLAGS=()
 
 parse_args() {
   for para in "$@"; do
@@ -41,6 +52,10 @@ parse_args() {
       --small) SMALL=True ;;
       --synthetic) SYNTHETIC=True ;;
       --device_id=*) DEVICE_ID=${para#*=} ;;
+      --output_path=*) OUTPUT_PATH=${para#*=} ;;
+      --resume) RESUME=True ;;
+      --overwrite) OVERWRITE=True ;;
+      --dry_run) DRY_RUN=True ;;
       *) echo "Unknown option: $para" >&2; exit 2 ;;
     esac
   done
@@ -104,21 +119,21 @@ check_data() {
 }
 
 check_weight() {
+  if [ "$WRITE_SMALL_INIT" == "True" ]; then
+    return  # the small model's weights, written by prepare_run
+  fi
   if [ ! -f "$LOAD_FROM" ]; then
     fail "Pretrained weight not found: ${LOAD_FROM}. Download glip_tiny_model_o365_goldg_cc_sbu.pth into" \
          "pretrain/ (see DATA.md) or pass --load_from=PATH."
   fi
 }
 
-# Output folder, process count, and the options of the small CPU model (--small).
+# Output folders (created later, by prepare_run), process count, and the options of the small CPU model (--small).
 setup_run() {
   enter_repo_root
   detect_devices
-  OUTPUT_PATH=${test_path_dir}/output/${DEVICE_ID}
-  rm -rf "$OUTPUT_PATH"
-  mkdir -p "$OUTPUT_PATH"
+  OUTPUT_PATH=${OUTPUT_PATH:-${test_path_dir}/output/${DEVICE_ID}}
   WORK_DIR=${WORK_DIR:-$OUTPUT_PATH}
-  mkdir -p "$WORK_DIR"
   if [ -z "$NPROC" ]; then
     if [ "$DEVICE_TYPE" == "cpu" ]; then
       NPROC=1
@@ -134,9 +149,7 @@ setup_run() {
     CONFIG=tests/fixtures/small/config.yaml
     if [ "$LOAD_FROM_GIVEN" == "False" ]; then
       LOAD_FROM=${WORK_DIR}/small_init.pth
-      python -c "import sys, torch; sys.path.insert(0, 'tests/fixtures'); from make_fixtures import \
-load_small_state_dict; torch.save({'model': load_small_state_dict()}, sys.argv[1])" "$LOAD_FROM" \
-        || fail "could not write the small model's weights"
+      WRITE_SMALL_INIT=True
     fi
     EXTRA_OPTS=(MODEL.LANGUAGE_BACKBONE.MODEL_PATH tests/fixtures/small/bert
                 AUGMENT.MULT_MIN_SIZE_TRAIN "(96,)" INPUT.MIN_SIZE_TRAIN 96 INPUT.MAX_SIZE_TRAIN 128
@@ -183,6 +196,90 @@ synthetic_training_options() {
   fi
 }
 
+# The entries of WORK_DIR that are not the launch scripts' own logs, reports and small_init.pth.
+work_dir_entries() {
+  (
+    shopt -s nullglob dotglob
+    for entry in "$WORK_DIR"/*; do
+      case ${entry##*/} in
+        small_init.pth | train_*.log | train_*.log.* | eval_*.log | eval_*.log.* | "${NETWORK}"_*.log \
+          | train_*_loss.txt) ;;
+        *) echo "${entry##*/}" ;;
+      esac
+    done
+  )
+}
+
+# Training: resume the run WORK_DIR holds (its last_checkpoint), or with --overwrite start a new one there; a folder
+# with other files and no checkpoint is refused. Sets RESUME_FLAGS for tools/train_net.py.
+check_work_dir() {
+  if [ "$RESUME" == "True" ] && [ "$OVERWRITE" == "True" ]; then
+    fail "--resume and --overwrite contradict each other: give one of them."
+  fi
+  if [ -e "$WORK_DIR" ] && [ ! -d "$WORK_DIR" ]; then
+    fail "--work_dir ${WORK_DIR} is a file, not a folder."
+  fi
+  if [ -f "${WORK_DIR}/last_checkpoint" ]; then
+    local last
+    last=$(cat "${WORK_DIR}/last_checkpoint")
+    if [ "$OVERWRITE" == "True" ]; then
+      echo "--overwrite: a new run in ${WORK_DIR}; its checkpoints (last: ${last}) are not loaded, and new ones" \
+           "replace files of the same name. Nothing is deleted."
+      RESUME_FLAGS=(--no-resume)
+    else
+      echo "Resuming the run in ${WORK_DIR} from its last checkpoint ${last} (--work_dir=NEW_DIR starts a new run;" \
+           "--overwrite starts again in this folder)."
+      RESUME_FLAGS=(--resume)
+    fi
+  elif [ "$RESUME" == "True" ]; then
+    fail "--resume: ${WORK_DIR} holds no last_checkpoint to resume from. Nothing was changed."
+  elif [ "$OVERWRITE" != "True" ] && [ -n "$(work_dir_entries)" ]; then
+    fail "${WORK_DIR} already holds files ($(work_dir_entries | head -5 | tr '\n' ' ')...) but no last_checkpoint" \
+         "to resume from. Nothing was changed. Pass --work_dir=NEW_DIR for a new run, or --overwrite to train in" \
+         "this folder anyway (files of the same name are replaced; nothing is deleted)."
+  fi
+}
+
+# An earlier log of the same name is kept as <log>.N (the first free N).
+keep_previous_log() {
+  if [ -e "$LOG_FILE" ]; then
+    local n=1
+    while [ -e "${LOG_FILE}.${n}" ]; do
+      n=$(( n + 1 ))
+    done
+    mv -n "$LOG_FILE" "${LOG_FILE}.${n}" || fail "could not keep the previous log ${LOG_FILE} as ${LOG_FILE}.${n}"
+    echo "The previous log is kept as ${LOG_FILE}.${n}"
+  fi
+}
+
+write_small_init() {
+  python -c "import sys, torch; sys.path.insert(0, 'tests/fixtures'); from make_fixtures import \
+load_small_state_dict; torch.save({'model': load_small_state_dict()}, sys.argv[1])" "$LOAD_FROM" \
+    || fail "could not write the small model's weights"
+}
+
+# After the checks of a run (train or eval): the output folders, the earlier log kept, the small model's weights.
+# With --dry_run, say what would run and stop before writing anything. Nothing is ever deleted.
+prepare_run() {
+  if [ "$1" == "train" ]; then
+    check_work_dir
+  fi
+  if [ "$DRY_RUN" == "True" ]; then
+    local flags=""
+    if [ "$1" == "train" ]; then
+      flags=" (tools/train_net.py ${RESUME_FLAGS[*]:-without --resume or --no-resume})"
+    fi
+    echo "Dry run: the checks passed; would ${1} in WORK_DIR=${WORK_DIR}${flags}, logs in ${OUTPUT_PATH}." \
+         "Nothing was written."
+    exit 0
+  fi
+  mkdir -p "$OUTPUT_PATH" "$WORK_DIR" || fail "could not create ${OUTPUT_PATH} and ${WORK_DIR}"
+  keep_previous_log
+  if [ "$WRITE_SMALL_INIT" == "True" ]; then
+    write_small_init
+  fi
+}
+
 # tools/train_net.py on the devices found, then evaluation (TEST.AFTER_TRAINING); output in LOG_FILE.
 launch_training() {
   if [ "$SYNTHETIC" == "True" ]; then
@@ -190,6 +287,7 @@ launch_training() {
   else
     coco_training_options
   fi
+  prepare_run train
   local early_stop=()
   if [ "${EARLY_STOP_ITERATION:--1}" -gt 0 ]; then
     early_stop=(--early_stop_iteration "$EARLY_STOP_ITERATION")
@@ -200,7 +298,7 @@ launch_training() {
   "${LAUNCH[@]}" tools/train_net.py \
     --config-file "$CONFIG" \
     --skip-test \
-    --override_output_dir "$WORK_DIR" \
+    --override_output_dir "$WORK_DIR" "${RESUME_FLAGS[@]}" \
     "${early_stop[@]}" \
     "${TRAIN_OPTS[@]}" \
     SOLVER.IMS_PER_BATCH "$BATCH_SIZE" SOLVER.USE_AMP "$USE_AMP" SOLVER.LOG_PERIOD 1 \
@@ -233,6 +331,7 @@ launch_eval() {
     data_opts=(DATASETS.TEST '("coco_2017_val",)' MODEL.DYHEAD.SCORE_AGG "MEAN" TEST.EVAL_TASK detection)
   fi
   LOG_FILE=${OUTPUT_PATH}/eval_${DEVICE_ID}.log
+  prepare_run eval
   start_time=$(date +%s)
   "${LAUNCH[@]}" tools/test_grounding_net.py \
     --config-file "$CONFIG" \

@@ -27,13 +27,14 @@ UNTRAINED_AP_CEILING = 0.05
 
 
 @pytest.fixture(scope="module")
-def trained_run():
-    """Run the main job once; return its output folder and what it printed."""
+def trained_run(tmp_path_factory):
+    """Run the main job once in a new folder (a folder holding a run would be resumed); return it and the output."""
+    work = tmp_path_factory.mktemp("synthetic_run")
     proc = subprocess.run(
-        ["bash", "test/train_full_1p.sh", "--synthetic", f"--max_epoch={EPOCHS}", f"--device_id={DEVICE_ID}"],
+        ["bash", "test/train_full_1p.sh", "--synthetic", f"--max_epoch={EPOCHS}", f"--device_id={DEVICE_ID}",
+         f"--output_path={work}"],
         cwd=REPO, capture_output=True, text=True, timeout=1500,
     )
-    work = REPO / "test" / "output" / DEVICE_ID
     log = work / f"train_{DEVICE_ID}.log"
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + (log.read_text()[-3000:] if log.exists()
                                                                                  else "")

@@ -9,7 +9,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -480,6 +482,110 @@ def test_train_performance_script_runs_the_small_model_on_cpu(tmp_path):
     subprocess.run(["rm", "-rf", str(output)], check=True)
     assert missing.returncode != 0
     assert "coco/annotations/instances_train2017.json is missing" in missing.stderr and "DATA.md" in missing.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The launch scripts never delete results: eval leaves its checkpoint, a second training launch resumes
+# ----------------------------------------------------------------------------------------------------------------
+def launch(script: str, *options: str) -> subprocess.CompletedProcess:
+    """bash test/<script> with a free rendezvous port (parallel runs must not share torchrun's fixed 29500)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return subprocess.run(["bash", f"test/{script}", *options], cwd=ROOT, env=_env(MASTER_PORT=str(port)),
+                          capture_output=True, text=True, timeout=600)
+
+
+def contents(folder: Path) -> dict:
+    """Every file under `folder` with its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_eval_script_keeps_the_checkpoint_it_evaluates(tmp_path):
+    data = write_tiny_coco(tmp_path / "data", num_images=1)
+    output = tmp_path / "output" / "0"  # the scripts' output folder, which is also the default --work_dir
+    output.mkdir(parents=True)
+    (output / "model_final.pth").write_bytes(b"not a checkpoint")
+    (output / "eval_0.log").write_text("the log of an earlier evaluation\n")
+    result = launch("eval_1p.sh", "--small", f"--data_path={data}", f"--output_path={output}",
+                    f"--load_from={output / 'model_final.pth'}", "--device_id=0")
+    assert result.returncode != 0  # the file is no checkpoint...
+    assert (output / "model_final.pth").read_bytes() == b"not a checkpoint"  # ...and it is still there
+    assert (output / "eval_0.log.1").read_text() == "the log of an earlier evaluation\n"
+    assert str(output / "model_final.pth") in (output / "eval_0.log").read_text()
+
+
+def test_training_script_refuses_a_folder_of_other_files_unless_told_to_overwrite(tmp_path):
+    data = write_tiny_coco(tmp_path / "data", num_images=1)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("the user's own file")
+    options = ("--small", f"--data_path={data}", f"--work_dir={work}", f"--output_path={tmp_path / 'logs'}")
+    refused = launch("train_performance_1p.sh", *options)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f"ERROR: {work} already holds files (notes.txt ...) but no last_checkpoint to resume from. Nothing was "
+        f"changed. Pass --work_dir=NEW_DIR for a new run, or --overwrite to train in this folder anyway (files of "
+        f"the same name are replaced; nothing is deleted).")
+    resume = launch("train_performance_1p.sh", *options, "--resume")
+    assert resume.returncode == 1 and "--resume: " in resume.stderr and "holds no last_checkpoint" in resume.stderr
+    overwrite = launch("train_performance_1p.sh", *options, "--overwrite", "--dry_run")
+    assert overwrite.returncode == 0, overwrite.stderr
+    assert f"would train in WORK_DIR={work} (tools/train_net.py without --resume or --no-resume)" in overwrite.stdout
+
+    # A folder holding a run: the same command resumes it; --overwrite starts anew without loading its checkpoint.
+    (work / "last_checkpoint").write_text("model_0000002.pth")
+    (work / "model_0000002.pth").write_bytes(b"the first run's checkpoint")
+    again = launch("train_performance_1p.sh", *options, "--dry_run")
+    assert again.returncode == 0, again.stderr
+    assert f"Resuming the run in {work} from its last checkpoint model_0000002.pth" in again.stdout
+    assert "(tools/train_net.py --resume)" in again.stdout
+    overwrite = launch("train_performance_1p.sh", *options, "--overwrite", "--dry_run")
+    assert "(tools/train_net.py --no-resume)" in overwrite.stdout
+    assert contents(work) == {"last_checkpoint": b"model_0000002.pth", "notes.txt": b"the user's own file",
+                              "model_0000002.pth": b"the first run's checkpoint"}
+    assert not (tmp_path / "logs").exists()  # the dry runs wrote nothing
+
+
+def test_second_training_launch_resumes_and_keeps_the_first_runs_files(tmp_path):
+    data = write_tiny_coco(tmp_path / "data", num_images=2)
+    work = tmp_path / "work"
+    work.mkdir()
+    # What a first launch left: its checkpoint at iteration 2 (the small model's weights), pointer and log.
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    from make_fixtures import load_small_state_dict
+
+    torch.save({"model": load_small_state_dict(), "iteration": 2}, work / "model_0000002.pth")
+    (work / "last_checkpoint").write_text("model_0000002.pth")
+    (work / "train_pytest.log").write_text("the first launch's log\n")
+    first = contents(work)
+    result = launch("train_performance_1p.sh", "--small", f"--data_path={data}", "--early_stop_iteration=2",
+                    f"--output_path={work}", "--device_id=pytest")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Resuming the run in {work} from its last checkpoint model_0000002.pth" in result.stdout
+    assert "Resuming from model_0000002.pth" in (work / "log.txt").read_text()  # tools/train_net.py resumed
+    assert re.search(r"^Final Train Accuracy : -?\d+\.\d+$", result.stdout, re.M)  # and evaluated
+    kept = contents(work)
+    assert kept["model_0000002.pth"] == first["model_0000002.pth"]
+    assert kept["last_checkpoint"] == first["last_checkpoint"]
+    assert kept["train_pytest.log.1"] == first["train_pytest.log"]
+
+
+def test_train_net_no_resume_starts_from_the_weight_in_a_folder_holding_a_run(tmp_path_factory):
+    reference = reference_run(tmp_path_factory)
+    output = reference["root"] / "restarted"
+    shutil.copytree(reference["output"], output)
+    finished = contents(output)
+    subprocess.run(train_net_command(output, small_train_options(reference["weights"]), "--no-resume",
+                                     "--early_stop_iteration", "1"),
+                   cwd=ROOT, env=_env(DATASET=str(reference["data"])), check=True, capture_output=True)
+    log = (output / "log.txt").read_text()
+    assert "--no-resume: starting from MODEL.WEIGHT; model_final.pth" in log and "Resuming from" not in log
+    assert (output / "last_checkpoint").read_text() == "model_0000001.pth"
+    restarted = read_checkpoint(str(output / "model_0000001.pth"))
+    assert restarted["loss_history"]["loss"] == reference["final"]["loss_history"]["loss"][:1]
+    for name in ("model_final.pth", "model_0000003.pth"):  # the earlier run's checkpoints are untouched
+        assert (output / name).read_bytes() == finished[name]
 
 
 

@@ -7,7 +7,8 @@
 
 The device comes from MODEL.DEVICE ("cuda" falls back to an NPU or the CPU when CUDA is absent; "auto", "cpu",
 "npu" also accepted); several processes use DDP over nccl (CUDA), hccl (NPU) or gloo (CPU). A run restarts from
-OUTPUT_DIR's last checkpoint when there is one (as officially); --resume insists on it. TEST.AFTER_TRAINING
+OUTPUT_DIR's last checkpoint when there is one (as officially); --resume insists on it, --no-resume starts from
+MODEL.WEIGHT anyway (writing over the folder's checkpoints of the same name, deleting nothing). TEST.AFTER_TRAINING
 evaluates the trained model on DATASETS.TEST; --skip-test is accepted for compatibility and changes nothing (the
 official GLIP script ignores it as well).
 """
@@ -56,6 +57,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="stop after this many iterations (the LR schedule still spans the full run)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUTPUT_DIR's last checkpoint; fail when there is none")
+    parser.add_argument("--no-resume", dest="no_resume", action="store_true",
+                        help="start from MODEL.WEIGHT even when OUTPUT_DIR holds a last_checkpoint (the new run's "
+                             "checkpoints replace files of the same name; nothing is deleted)")
     parser.add_argument("opts", help="Modify config options using the command-line", default=None,
                         nargs=argparse.REMAINDER)
     return parser.parse_args(argv)
@@ -98,8 +102,8 @@ def checkpoint_period_of(cfg, max_iter: int) -> int:
 
 
 def train(cfg, device: torch.device, distributed: bool, use_tensorboard: bool = False,
-          early_stop_iteration: int = -1, resume: bool = False) -> torch.nn.Module:
-    """Build everything, load the weights or resume, train; returns the trained (unwrapped) model."""
+          early_stop_iteration: int = -1, resume: bool = False, restart: bool = False) -> torch.nn.Module:
+    """Build everything, load the weights or resume (never with `restart`), train; returns the trained model."""
     logger = logging.getLogger("maskrcnn_benchmark.trainer")
     model = build_detection_model(cfg)
     model.to(device)
@@ -117,14 +121,19 @@ def train(cfg, device: torch.device, distributed: bool, use_tensorboard: bool = 
     checkpointer = DetectronCheckpointer(cfg, model, optimizer, scheduler, cfg.OUTPUT_DIR,
                                          save_to_disk=get_rank() == 0, scaler=scaler,
                                          keep_last=cfg.SOLVER.KEEP_LAST_CHECKPOINTS)
-    resuming = checkpointer.has_checkpoint()
+    if resume and restart:
+        raise ValueError("--resume and --no-resume contradict each other: give one of them.")
+    resuming = checkpointer.has_checkpoint() and not restart
+    if restart and checkpointer.has_checkpoint():
+        logger.info("--no-resume: starting from MODEL.WEIGHT; %s in %s is not loaded (new checkpoints replace files "
+                    "of the same name)", checkpointer.get_checkpoint_file(), cfg.OUTPUT_DIR)
     if resume and not resuming:
         raise FileNotFoundError(f"--resume: no last_checkpoint in OUTPUT_DIR {cfg.OUTPUT_DIR!r}.")
     if resuming:
         logger.info("Resuming from %s", checkpointer.get_checkpoint_file())
     weight = find_weight(cfg.MODEL.WEIGHT) if cfg.MODEL.WEIGHT and not resuming else ""
     arguments = {"iteration": 0}
-    arguments.update(checkpointer.load(weight))
+    arguments.update(checkpointer.load(weight, force=restart))
     # Resume mid-schedule: the sampler continues from the checkpointed iteration.
     data_loader.batch_sampler.start_iter = arguments["iteration"]
 
@@ -198,7 +207,8 @@ def main(argv: Optional[List[str]] = None) -> torch.nn.Module:
                     open(os.path.join(cfg.OUTPUT_DIR, "config_original.yml"), "w") as target:
                 target.write(source.read())
 
-    model = train(cfg, device, distributed, args.use_tensorboard, args.early_stop_iteration, args.resume)
+    model = train(cfg, device, distributed, args.use_tensorboard, args.early_stop_iteration, args.resume,
+                  args.no_resume)
     if cfg.TEST.AFTER_TRAINING:
         run_test(cfg, model, distributed)
     if distributed:

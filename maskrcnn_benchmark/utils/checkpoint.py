@@ -4,13 +4,15 @@ import os
 import pickle
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, BinaryIO, Dict, List, Optional
 
 import torch
 from torch import nn
+from torch.serialization import MAGIC_NUMBER
 
-from .safe_unpickle import load_with_inert_objects
+from .safe_unpickle import ForbiddenGlobalError, load_with_inert_objects, read_first_pickled_value
 
 logger = logging.getLogger(__name__)
 
@@ -38,22 +40,130 @@ def read_checkpoint(path: str, allow_inert_objects: bool = False) -> Any:
     """Load a checkpoint file with `weights_only=True`.
 
     Files that pickle other objects than tensors and containers are refused, unless `allow_inert_objects`:
-    then those objects become inert placeholders (their code never runs) and are named in the log.
+    then those objects become inert placeholders (their code never runs) and are named in the log. A file that
+    is not a readable torch checkpoint (empty, truncated, an image, text, a foreign pickle) raises one
+    CheckpointError saying what it is.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    check_checkpoint_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if not _refused_by_weights_only(error):
+            raise _unreadable(path, error) from error
         if not allow_inert_objects:
             raise CheckpointError(
                 f"{path} holds pickled objects other than tensors and containers, so it was refused "
                 f"(weights_only=True): {_unpickling_reason(error)}. If you trust its origin only as far as its "
                 "tensors, load it with allow_inert_objects=True (such objects become inert placeholders)."
             ) from error
-    checkpoint, skipped = load_with_inert_objects(path)
+    except UNREADABLE_FILE_ERRORS as error:
+        raise _unreadable(path, error) from error
+    try:
+        checkpoint, skipped = load_with_inert_objects(path)
+    except UNREADABLE_FILE_ERRORS as error:
+        raise _unreadable(path, error) from error
     logger.warning("%s: replaced objects of these classes by inert placeholders: %s", path, ", ".join(skipped))
     return checkpoint
+
+
+# What torch.load raises on a damaged file (a truncated zip archive, a pickle stream that ends early, ...).
+UNREADABLE_FILE_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError,
+                          IndexError, AttributeError, OSError, zipfile.BadZipFile)
+# The two formats torch.save writes: a zip archive, or (before torch 1.6, or on request) a stream of pickles.
+ZIP_SIGNATURE = b"PK\x03\x04"
+PICKLE_PROTOCOL_OPCODE = b"\x80"
+# First bytes of files that users mistake for checkpoints, to say what the file is.
+FILE_SIGNATURES = (
+    (b"\xff\xd8\xff", "is a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "is a PNG image"),
+    (b"GIF8", "is a GIF image"),
+    (b"II*\x00", "is a TIFF image"),
+    (b"MM\x00*", "is a TIFF image"),
+    (b"\x1f\x8b", "is a gzip archive"),
+    (b"version https://git-lfs.github.com/spec", "is a Git LFS pointer, not the file itself (run `git lfs pull`)"),
+)
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Raise unless `path` is a non-empty file in one of torch.save's formats; the error says what the file is."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file.")
+    if path.endswith(".safetensors"):
+        return  # torch.load reads these itself; safetensors files hold no code.
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), so it is not a checkpoint: copy or download it again.")
+    with open(path, "rb") as f:
+        head = f.read(512)
+        if head.startswith(ZIP_SIGNATURE):
+            _check_torch_zip(path)
+        elif head.startswith(PICKLE_PROTOCOL_OPCODE):
+            _check_torch_pickle_header(path, f)
+        else:
+            raise CheckpointError(f"{path} {_describe_other_file(head)}")
+
+
+def _check_torch_zip(path: str) -> None:
+    """Raise unless the zip archive at `path` is complete and holds torch.save's data.pkl."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise _unreadable(path, error) from error
+    if any(name.endswith("/constants.pkl") for name in names):
+        raise CheckpointError(f"{path} is a TorchScript archive (torch.jit.save), not a checkpoint of weights.")
+    if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
+        raise CheckpointError(f"{path} is a zip archive but not a torch checkpoint (it holds no data.pkl).")
+
+
+def _check_torch_pickle_header(path: str, f: BinaryIO) -> None:
+    """Raise unless the pickle stream `f` starts with torch's magic number, read without looking up any global."""
+    f.seek(0)
+    try:
+        first = read_first_pickled_value(f)
+    except ForbiddenGlobalError as error:
+        raise CheckpointError(f"{path} is a pickle file but not a torch checkpoint: {error}; nothing of it "
+                              "was run or loaded.") from error
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as error:
+        raise _unreadable(path, error) from error
+    if first != MAGIC_NUMBER:
+        raise CheckpointError(f"{path} is a pickle file but not a torch checkpoint: it does not start with "
+                              "torch.save's magic number.")
+
+
+def _describe_other_file(head: bytes) -> str:
+    """What a file that starts with `head` (neither zip nor pickle) is, as the end of a sentence."""
+    for signature, description in FILE_SIGNATURES:
+        if head.startswith(signature):
+            return f"{description}, not a checkpoint."
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "is a WebP image, not a checkpoint."
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "is an HTML page, not a checkpoint (a download that returned a web page?)."
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(char.isprintable() or char.isspace() for char in text):
+        return f"is a text file, not a checkpoint (it starts with {text[:40]!r})."
+    return (f"is not a checkpoint: it is neither a zip archive nor a pickle stream, the formats of torch.save "
+            f"(it starts with the bytes {head[:8].hex(' ')}).")
+
+
+def _unreadable(path: str, error: BaseException) -> CheckpointError:
+    """The error for a checkpoint file whose content cannot be read to the end."""
+    # torch's zip reader appends a paragraph about miniz to its one-line reason.
+    reason = str(error).split(". This is an internal")[0].strip().splitlines()
+    detail = reason[0] if reason else f"{type(error).__name__}: the data ends early"
+    return CheckpointError(f"{path} is truncated or corrupt ({detail}), so it cannot be loaded: copy or download "
+                           "it again.")
+
+
+def _refused_by_weights_only(error: pickle.UnpicklingError) -> bool:
+    """Whether torch's weights-only unpickler refused a global or an instruction (rather than damaged data)."""
+    message = str(error).lower()
+    return any(word in message for word in ("unsupported", "allowlisted", "add_safe_globals"))
 
 
 def _unpickling_reason(error: Exception) -> str:
@@ -274,3 +384,4 @@ class DetectronCheckpointer(Checkpointer):
                  save_to_disk: Optional[bool] = None, logger: Optional[logging.Logger] = None, **state: Any):
         super().__init__(model, optimizer, scheduler, save_dir, save_to_disk, logger, **state)
         self.cfg = cfg.clone()
+

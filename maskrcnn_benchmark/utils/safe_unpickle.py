@@ -6,7 +6,7 @@ allow-list and turns every other global into an inert placeholder that records i
 """
 import pickle
 import types
-from typing import Any, List, Set
+from typing import Any, BinaryIO, List, Set
 
 import torch
 from torch import _weights_only_unpickler
@@ -43,11 +43,35 @@ def _make_pickle_module(skipped: Set[str]) -> types.ModuleType:
             skipped.add(qualified)
             return _inert_class(qualified)
 
+    def load(file: BinaryIO, **kwargs: Any) -> Any:
+        """One pickle from `file` through the restricted unpickler (torch reads a legacy file's header with it)."""
+        return RestrictedUnpickler(file, **kwargs).load()
+
     module = types.ModuleType("restricted_pickle")
     module.Unpickler = RestrictedUnpickler
-    module.load = pickle.load
+    # Every pickle of the file goes through find_class above: torch's legacy loader reads the magic number,
+    # protocol version, system info and storage keys with `load`, so the unrestricted pickle.load would run
+    # whatever those header pickles call.
+    module.load = load
     module.__name__ = "restricted_pickle"
     return module
+
+
+class ForbiddenGlobalError(pickle.UnpicklingError):
+    """A pickle that should hold plain values refers to a class or function."""
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """Unpickles plain values only: any global (class or function) is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Refuse every global."""
+        raise ForbiddenGlobalError(f"its first pickle refers to {module}.{name}")
+
+
+def read_first_pickled_value(file: BinaryIO) -> Any:
+    """The first pickle of `file`, which may hold plain values only (numbers, strings, containers), never globals."""
+    return _NoGlobalsUnpickler(file).load()
 
 
 def load_with_inert_objects(path: str) -> "tuple[Any, List[str]]":

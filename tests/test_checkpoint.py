@@ -1,16 +1,25 @@
-"""Checkpoint loading: official format, DDP prefixes, ignored keys, clear failures, refusal of foreign objects."""
+"""Checkpoint loading: official format, DDP prefixes, ignored keys, clear failures, refusal of foreign objects,
+of wrong weights and of evaluation without weights."""
+import importlib.util
 import logging
 import os
 import subprocess
 import sys
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
-from maskrcnn_benchmark.utils.checkpoint import (CheckpointError, Checkpointer, extract_state_dict,
-                                                 load_state_dict, read_checkpoint)
+from conftest import SMALL
+from maskrcnn_benchmark.config import get_cfg_defaults
+from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor
+from maskrcnn_benchmark.utils.checkpoint import (CheckpointError, Checkpointer, DetectronCheckpointer,
+                                                 extract_state_dict, load_state_dict, read_checkpoint)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Tiny(nn.Module):
@@ -100,3 +109,95 @@ def test_save_is_atomic_and_tags_last_checkpoint(tmp_path):
     extra = Checkpointer(other, save_dir=str(tmp_path)).load()
     assert extra == {"iteration": 10}
     assert torch.equal(other.head.weight, model.head.weight)
+
+
+# ---- wrong weights -------------------------------------------------------------------------------------------------
+
+class OtherNetwork(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+
+WRONG_WEIGHTS = {
+    "another_network": lambda: OtherNetwork().state_dict(),
+    "empty_model_entry": lambda: {},
+    "unknown_prefix": lambda: {f"detector.{k}": v for k, v in Tiny().state_dict().items()},
+    "most_keys_missing": lambda: {"head.bias": torch.zeros(2)},
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_WEIGHTS))
+def test_checkpoint_missing_most_model_keys_is_refused(tmp_path, case):
+    path = tmp_path / "wrong.pth"
+    torch.save({"model": WRONG_WEIGHTS[case]()}, path)
+    model = Tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=rf"{path}: [34] of the model's 4 weights are not in the checkpoint "
+                                              r"\(backbone\.bias, .*MODEL\.ALLOW_MISSING_WEIGHTS"):
+        DetectronCheckpointer(get_cfg_defaults(), model).load(str(path))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_partial_load_when_allowed(tmp_path, caplog):
+    path = tmp_path / "backbone_only.pth"
+    source = Tiny()
+    torch.save({"model": {"backbone.weight": source.backbone.weight.detach().clone()}}, path)
+    model = Tiny()
+    Checkpointer(model).load(str(path), allow_missing_weights=True)
+    assert torch.equal(model.backbone.weight, source.backbone.weight)
+    cfg = get_cfg_defaults()
+    cfg.MODEL.ALLOW_MISSING_WEIGHTS = True
+    DetectronCheckpointer(cfg, Tiny()).load(str(path))
+    with pytest.raises(CheckpointError, match="3 of the model's 4 weights"):
+        load_state_dict(Tiny(), {"backbone.weight": source.backbone.weight}, source="backbone_only")
+    report = load_state_dict(Tiny(), {"backbone.weight": source.backbone.weight}, allow_missing_weights=True)
+    assert report.missing == ["backbone.bias", "head.bias", "head.weight"]
+
+
+def test_half_of_the_keys_still_load_with_a_warning(caplog):
+    state = Tiny().state_dict()
+    del state["head.weight"], state["head.bias"]
+    report = load_state_dict(Tiny(), state)
+    assert report.missing == ["head.bias", "head.weight"]
+
+
+# ---- evaluating or demoing with no weight at all -------------------------------------------------------------------
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluation_without_weights_is_an_error(tmp_path):
+    argv = ["--config-file", str(SMALL / "config.yaml"), "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu",
+            "MODEL.WEIGHT", ""]
+    with pytest.raises(CheckpointError, match=r"^Nothing to evaluate: no --weight, MODEL.WEIGHT is empty and "
+                                              rf"OUTPUT_DIR '{tmp_path}' has no last_checkpoint.*Pass --weight "
+                                              r"CHECKPOINT.*MODEL.ALLOW_MISSING_WEIGHTS True"):
+        _load_tool("test_grounding_net").main(argv)
+
+
+def test_demo_without_weights_is_an_error(tmp_path):
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), (90, 120, 30)).save(image)
+    argv = [str(image), "person. car", "--config-file", str(SMALL / "config.yaml"), "--out", str(tmp_path / "o.png"),
+            "MODEL.DEVICE", "cpu", "MODEL.WEIGHT", ""]
+    with pytest.raises(CheckpointError, match=r"^GLIPPredictor has no weights.*--weight CHECKPOINT.*"
+                                              r"MODEL.ALLOW_MISSING_WEIGHTS True"):
+        _load_tool("demo").main(argv)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_predictor_runs_the_untrained_model_only_when_asked():
+    cfg = get_cfg_defaults()
+    cfg.merge_from_file(str(SMALL / "config.yaml"))
+    cfg.merge_from_list(["MODEL.LANGUAGE_BACKBONE.MODEL_PATH", str(SMALL / "bert"), "MODEL.DEVICE", "cpu",
+                         "MODEL.WEIGHT", ""])
+    with pytest.raises(CheckpointError, match="GLIPPredictor has no weights"):
+        GLIPPredictor(cfg)
+    cfg.MODEL.ALLOW_MISSING_WEIGHTS = True
+    assert GLIPPredictor(cfg).model is not None

@@ -16,7 +16,7 @@ from maskrcnn_benchmark.config import cfg as default_cfg
 from maskrcnn_benchmark.data import make_data_loader
 from maskrcnn_benchmark.engine.inference import inference
 from maskrcnn_benchmark.modeling.detector import build_detection_model
-from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer
+from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer, missing_weights_error
 from maskrcnn_benchmark.utils.comm import get_rank, synchronize
 from maskrcnn_benchmark.utils.device import resolve_device
 from maskrcnn_benchmark.utils.logger import setup_logger
@@ -74,6 +74,15 @@ def evaluate_datasets(model: nn.Module, cfg, log_dir: str, distributed: bool) ->
     return results
 
 
+def check_weights_given(weight: str | None, cfg) -> None:
+    """Refuse to evaluate a model that no weight file initialises, unless MODEL.ALLOW_MISSING_WEIGHTS asks to."""
+    resumable = bool(cfg.OUTPUT_DIR) and os.path.exists(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if not (weight or cfg.MODEL.WEIGHT or resumable or cfg.MODEL.ALLOW_MISSING_WEIGHTS):
+        raise missing_weights_error(f"Nothing to evaluate: no --weight, MODEL.WEIGHT is empty and OUTPUT_DIR "
+                                    f"{cfg.OUTPUT_DIR!r} has no last_checkpoint",
+                                    "Pass --weight CHECKPOINT (or MODEL.WEIGHT CHECKPOINT)")
+
+
 def main(argv: Optional[List[str]] = None, model: Optional[nn.Module] = None) -> Dict[str, object]:
     """Evaluate as the command line says; `model` replaces the built and loaded detector (for tests)."""
     args = parse_args(argv)
@@ -94,6 +103,7 @@ def main(argv: Optional[List[str]] = None, model: Optional[nn.Module] = None) ->
     logger.info(cfg)
 
     if model is None:
+        check_weights_given(args.weight, cfg)
         model = build_detection_model(cfg)
         model.to(resolve_device(cfg.MODEL.DEVICE, int(os.environ.get("LOCAL_RANK", "0"))))
         checkpointer = DetectronCheckpointer(cfg, model, save_dir=cfg.OUTPUT_DIR)

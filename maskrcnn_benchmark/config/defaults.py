@@ -332,6 +332,10 @@ _C.SOLVER.DDP_TIMEOUT_MINUTES = 30.0
 # --skip-test), and every EVAL_PERIOD iterations when TEST.DURING_TRAINING (0 = at each checkpoint).
 _C.TEST.AFTER_TRAINING = False
 _C.TEST.EVAL_PERIOD = 0
+# Accept a MODEL.WEIGHT that lacks more than half of the model's weights (another network, config or key prefix),
+# and evaluate or demo with no weight at all: the weights not loaded keep their random initialisation. False: both
+# are errors, so that a wrong or forgotten weight file cannot run unnoticed.
+_C.MODEL.ALLOW_MISSING_WEIGHTS = False
 
 PORT_KEYS = (
     "MODEL.LANGUAGE_BACKBONE.MODEL_PATH",
@@ -345,4 +349,5 @@ PORT_KEYS = (
     "SOLVER.DDP_TIMEOUT_MINUTES",
     "TEST.AFTER_TRAINING",
     "TEST.EVAL_PERIOD",
+    "MODEL.ALLOW_MISSING_WEIGHTS",
 )

@@ -12,7 +12,7 @@ from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.modeling.language_backbone import build_tokenizer, tokenize_captions
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import to_image_list
-from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer
+from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer, missing_weights_error
 from maskrcnn_benchmark.utils.device import resolve_device
 
 from maskrcnn_benchmark.data.datasets.positive_maps import create_positive_dict
@@ -68,8 +68,13 @@ class GLIPPredictor:
         self.cfg = cfg.clone()
         self.device = resolve_device(cfg.MODEL.DEVICE)
         if model is None:
+            weight = weight or cfg.MODEL.WEIGHT
+            if not weight and not cfg.MODEL.ALLOW_MISSING_WEIGHTS:
+                raise missing_weights_error("GLIPPredictor has no weights (no `weight` and MODEL.WEIGHT is empty)",
+                                            "Pass weight=CHECKPOINT or set MODEL.WEIGHT (tools/demo.py: --weight "
+                                            "CHECKPOINT)")
             model = build_detection_model(cfg)
-            DetectronCheckpointer(cfg, model).load(weight or cfg.MODEL.WEIGHT, force=True)
+            DetectronCheckpointer(cfg, model).load(weight, force=True)
         self.model = model.to(self.device)
         self.model.eval()
         self.transforms = build_transforms(cfg, is_train=False)

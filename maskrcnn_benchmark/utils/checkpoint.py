@@ -191,10 +191,43 @@ def _is_ignored(key: str) -> bool:
     return key.endswith(IGNORED_KEY_SUFFIXES) or any(part in key for part in IGNORED_KEY_PARTS)
 
 
-def load_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str = "checkpoint") -> LoadReport:
+# A checkpoint that lacks more than this fraction of the model's keys was saved from another network or config
+# (or under another key prefix): loading it would leave the model mostly random, so it is refused by default.
+MAX_MISSING_FRACTION = 0.5
+# The option that accepts such a checkpoint, named in the error.
+ALLOW_MISSING_WEIGHTS_HINT = "set MODEL.ALLOW_MISSING_WEIGHTS True (allow_missing_weights=True in Python)"
+
+
+def _some_keys(keys: List[str], shown: int = 5) -> str:
+    """The first `shown` keys, and how many more there are."""
+    more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def _missing_weights_message(source: str, report: LoadReport, model_keys: int, checkpoint_keys: int) -> str:
+    """The error for a checkpoint that lacks most of the model's weights."""
+    found = "it holds no weights at all" if not checkpoint_keys else (
+        f"{len(report.unexpected)} of its {checkpoint_keys} entries are not in the model "
+        f"({_some_keys(report.unexpected)})" if report.unexpected else f"it holds {checkpoint_keys} entries")
+    return (f"{source}: {len(report.missing)} of the model's {model_keys} weights are not in the checkpoint "
+            f"({_some_keys(report.missing)}); {found}. It was probably saved from another network or config, or "
+            f"under another key prefix. To load it anyway (the missing weights keep their random "
+            f"initialisation), {ALLOW_MISSING_WEIGHTS_HINT}.")
+
+
+def missing_weights_error(situation: str, remedy: str) -> CheckpointError:
+    """The error for running a model for evaluation or prediction with no weights at all."""
+    return CheckpointError(f"{situation}, so the model would run with its random initialisation. {remedy}; to run "
+                           "the untrained model on purpose, set MODEL.ALLOW_MISSING_WEIGHTS True.")
+
+
+def load_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str = "checkpoint",
+                    allow_missing_weights: bool = False) -> LoadReport:
     """Load `state_dict` (keys with or without the DDP `module.` prefix) into `model`, reporting keys by name.
 
-    A shape mismatch raises naming the key and both shapes; missing and unexpected keys are logged.
+    A shape mismatch raises naming the key and both shapes; missing and unexpected keys are logged. When more
+    than half of the model's keys are missing, nothing is loaded and CheckpointError is raised, unless
+    `allow_missing_weights`.
     """
     target = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
     own = target.state_dict()
@@ -215,6 +248,8 @@ def load_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], sourc
             cleaned[name] = value
     report.loaded = sorted(cleaned)
     report.missing = sorted(set(own) - set(cleaned))
+    if len(report.missing) > MAX_MISSING_FRACTION * len(own) and not allow_missing_weights:
+        raise CheckpointError(_missing_weights_message(source, report, len(own), len(state_dict)))
     target.load_state_dict(cleaned, strict=False)
     if report.missing:
         logger.warning("%s: %d model keys missing from the checkpoint: %s", source, len(report.missing),
@@ -324,11 +359,12 @@ class Checkpointer:
                 os.unlink(os.path.join(self.save_dir, name))
 
     def load(self, f: Optional[str] = None, force: bool = False, keyword: str = "model",
-             skip_optimizer: bool = False, allow_inert_objects: bool = False) -> Dict[str, Any]:
+             skip_optimizer: bool = False, allow_inert_objects: bool = False,
+             allow_missing_weights: bool = False) -> Dict[str, Any]:
         """Load `f`, or resume from `last_checkpoint` in save_dir when present (unless `force`).
 
         On resume the optimizer, scheduler, scaler and EMA states are restored too; the remaining entries are
-        returned.
+        returned. A checkpoint lacking most of the model's weights is refused unless `allow_missing_weights`.
         """
         resume = False
         if self.has_checkpoint() and not force:
@@ -339,7 +375,8 @@ class Checkpointer:
             return {}
         self.logger.info("Loading checkpoint from %s", f)
         checkpoint = read_checkpoint(f, allow_inert_objects=allow_inert_objects)
-        load_state_dict(self.model, extract_state_dict(checkpoint, keyword, f), source=f)
+        load_state_dict(self.model, extract_state_dict(checkpoint, keyword, f), source=f,
+                        allow_missing_weights=allow_missing_weights)
         if not (resume and isinstance(checkpoint, dict)) or skip_optimizer:
             return {}
         for entry, target in (("optimizer", self.optimizer), ("scheduler", self.scheduler),
@@ -385,3 +422,10 @@ class DetectronCheckpointer(Checkpointer):
         super().__init__(model, optimizer, scheduler, save_dir, save_to_disk, logger, **state)
         self.cfg = cfg.clone()
 
+    def load(self, f: str | None = None, force: bool = False, keyword: str = "model",
+             skip_optimizer: bool = False, allow_inert_objects: bool = False,
+             allow_missing_weights: bool | None = None) -> Dict[str, Any]:
+        """Checkpointer.load; `allow_missing_weights` defaults to the config's MODEL.ALLOW_MISSING_WEIGHTS."""
+        if allow_missing_weights is None:
+            allow_missing_weights = self.cfg.MODEL.ALLOW_MISSING_WEIGHTS
+        return super().load(f, force, keyword, skip_optimizer, allow_inert_objects, allow_missing_weights)

@@ -1,6 +1,8 @@
 """Checkpoint loading: official format, DDP prefixes, ignored keys, clear failures, refusal of foreign objects,
-of wrong weights and of evaluation without weights."""
+of wrong weights and of evaluation without weights, and failed writes."""
+import errno
 import importlib.util
+import io
 import logging
 import os
 import subprocess
@@ -14,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 from conftest import SMALL
+import maskrcnn_benchmark.utils.checkpoint as checkpoint_module
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor
 from maskrcnn_benchmark.utils.checkpoint import (CheckpointError, Checkpointer, DetectronCheckpointer,
@@ -201,3 +204,83 @@ def test_predictor_runs_the_untrained_model_only_when_asked():
         GLIPPredictor(cfg)
     cfg.MODEL.ALLOW_MISSING_WEIGHTS = True
     assert GLIPPredictor(cfg).model is not None
+
+
+# ---- disk full while writing --------------------------------------------------------------------------------------
+
+class _DiskFullFile(io.FileIO):
+    """A file whose writes fail with ENOSPC once `budget` bytes were written, like a file system that fills up."""
+
+    budget = 300
+
+    def write(self, data) -> int:
+        if len(data) > _DiskFullFile.budget:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        _DiskFullFile.budget -= len(data)
+        return super().write(data)
+
+
+def _save_then_fail_second_save(tmp_path, monkeypatch, failing_fdopen):
+    model = Tiny()
+    checkpointer = Checkpointer(model, save_dir=str(tmp_path), save_to_disk=True)
+    checkpointer.save("model_final", iteration=1)
+    previous = (tmp_path / "model_final.pth").read_bytes()
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    monkeypatch.setattr(checkpoint_module.os, "fdopen", failing_fdopen)
+    with pytest.raises(CheckpointError) as caught:
+        checkpointer.save("model_final", iteration=2)
+    monkeypatch.undo()
+    assert (tmp_path / "model_final.pth").read_bytes() == previous
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
+    assert read_checkpoint(str(tmp_path / "model_final.pth"))["iteration"] == 1
+    return str(caught.value), caught.value.__cause__
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+def test_disk_full_during_checkpoint_write(tmp_path, monkeypatch, buffered):
+    """Unbuffered, torch's zip writer meets the ENOSPC and raises "[enforce fail ...] unexpected pos"; buffered,
+    the ENOSPC comes from the final flush."""
+    _DiskFullFile.budget = 300
+
+    def disk_full_fdopen(fd, mode):
+        raw = _DiskFullFile(fd, "w")
+        return io.BufferedWriter(raw) if buffered else raw
+
+    message, cause = _save_then_fail_second_save(tmp_path, monkeypatch, disk_full_fdopen)
+    path = tmp_path / "model_final.pth"
+    assert message.startswith(f"Could not write the checkpoint {path}: the disk is full (no space left on device; ")
+    assert f"{path} was left as it was" in message
+    if not buffered:
+        assert isinstance(cause, RuntimeError) and "unexpected pos" in str(cause)
+
+
+def test_failed_checkpoint_write_names_the_path(tmp_path, monkeypatch):
+    class FailingFile(io.FileIO):
+        def write(self, data) -> int:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    message, _ = _save_then_fail_second_save(tmp_path, monkeypatch, lambda fd, mode: FailingFile(fd, "w"))
+    path = tmp_path / "model_final.pth"
+    assert message.startswith(f"Could not write the checkpoint {path}: the write failed")
+    assert "Input/output error" in message and "free" in message
+
+
+def test_disk_full_while_tagging_last_checkpoint(tmp_path, monkeypatch):
+    checkpointer = Checkpointer(Tiny(), save_dir=str(tmp_path), save_to_disk=True)
+    checkpointer.save("model_0000001")
+    real_open = open
+
+    def open_on_full_disk(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if str(file).endswith("last_checkpoint.tmp"):
+            handle.close()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return handle
+
+    monkeypatch.setattr("builtins.open", open_on_full_disk)
+    with pytest.raises(CheckpointError, match=rf"{tmp_path}/last_checkpoint: the disk is full"):
+        checkpointer.save("model_0000002")
+    monkeypatch.undo()
+    assert checkpointer.get_checkpoint_file() == "model_0000001.pth"
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth", "model_0000002.pth"]

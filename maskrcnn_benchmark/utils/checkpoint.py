@@ -1,8 +1,10 @@
 """Checkpoint loading and saving in the official GLIP format (a dict whose `model` entry is the state_dict)."""
+import errno
 import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -290,10 +292,32 @@ def atomic_torch_save(obj: Any, path: str) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, (OSError, RuntimeError)):
+            raise CheckpointError(_write_failure_message(path, error)) from error
         raise
+
+
+def _write_failure_message(path: str, error: BaseException) -> str:
+    """Why writing the checkpoint `path` failed: a full disk when the error (or what caused it) says so."""
+    folder = os.path.dirname(os.path.abspath(path))
+    # torch's zip writer turns the OSError of the file into "[enforce fail at inline_container.cc] unexpected
+    # pos", keeping the OSError only as the exception's context.
+    causes, cause = [], error
+    while cause is not None and len(causes) < 8:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    disk_full = any(isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT) for c in causes)
+    previous = f"{path} was left as it was" if os.path.exists(path) else f"{path} was not created"
+    free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free in {folder}"
+    if disk_full:
+        return (f"Could not write the checkpoint {path}: the disk is full (no space left on device; {free}). "
+                f"{previous}; free some space (SOLVER.KEEP_LAST_CHECKPOINTS keeps fewer checkpoints) and resume.")
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return (f"Could not write the checkpoint {path}: the write failed ({reason}; {free}, the disk may be full). "
+            f"{previous}.")
 
 
 class Checkpointer:
@@ -407,11 +431,16 @@ class Checkpointer:
         """Point `last_checkpoint` at `last_filename` (written atomically)."""
         path = os.path.join(self.save_dir, "last_checkpoint")
         tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(last_filename)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w") as f:
+                f.write(last_filename)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as error:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise CheckpointError(_write_failure_message(path, error)) from error
 
 
 class DetectronCheckpointer(Checkpointer):

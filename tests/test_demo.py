@@ -12,6 +12,7 @@ from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.data.transforms import build_transforms
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor, build_caption, draw_predictions
 from maskrcnn_benchmark.structures.image_list import to_image_list
+from maskrcnn_benchmark.utils.drawing import BLACK, WHITE, draw_labelled_boxes, text_colour_on
 
 ROOT = Path(__file__).resolve().parents[1]
 RED = (255, 0, 0)
@@ -90,17 +91,70 @@ def test_predict_equals_a_direct_model_call_in_original_pixels(predictor, small_
     assert bool((kept.get_field("scores") > threshold).all())
 
 
-def test_draw_predictions_outlines_the_boxes(predictor):
+def _text_on_fill(drawn: np.ndarray, fill, radius: int = 3) -> tuple:
+    """(top, bottom, left, right) of the label text, checked to sit on a filled `fill` box.
+
+    Text pixels are near white (the noise images stay below 200, also when enlarged); each must have a `fill`
+    pixel within `radius` pixels, which red text on the image, or white text without a filled box, would not give.
+    """
+    text = (drawn >= 220).all(axis=-1)
+    filled = np.pad((drawn == fill).all(axis=-1), radius)
+    near_fill = np.zeros_like(text)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            near_fill |= filled[dy:dy + text.shape[0], dx:dx + text.shape[1]]
+    assert text.sum() >= 20, "no label text"
+    assert near_fill[text].all(), "label text outside a filled box"
+    rows, cols = np.nonzero(text)
+    return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+
+
+def test_draw_predictions_outlines_the_boxes_and_labels_them_on_a_filled_box(predictor):
     image = _noise_image()
     prediction = predictor.predict(image, ["person", "car"], threshold=0.0)[:1]
     drawn = np.asarray(draw_predictions(image, prediction))
     x1, y1, x2, y2 = prediction.bbox[0].tolist()
     red = (drawn == RED).all(axis=-1)
     assert not (image == RED).all(axis=-1).any()
-    # The outline's corners are red; nothing was drawn far from the box (the label starts inside it).
-    assert red[int(y1), int(x1)] and red[int(y2), int(x2)]  # PIL truncates float coordinates
-    rows, cols = np.nonzero(red)
-    assert rows.min() >= int(y1) - 1 and cols.min() >= int(x1) - 1
+    # The outline's corners are red (PIL truncates float coordinates).
+    assert red[int(y1), int(x1)] and red[int(y2), int(x2)]
+    # The label: white text (contrasting) on a filled red box at the box's top edge.
+    top, bottom, left, right = _text_on_fill(drawn, RED)
+    assert int(y1) - 30 <= top <= int(y1) + 30 and bottom - top >= 6 and right - left >= 30
+
+
+def test_draw_predictions_enlarges_small_images_to_a_readable_size(predictor):
+    image = _noise_image(64, 48)
+    prediction = predictor.predict(image, ["person", "car"], threshold=0.0)[:1]
+    drawn = draw_predictions(image, prediction, min_side=512)
+    assert drawn.size == (48 * 11, 64 * 11)  # the smallest whole factor giving a short side >= 512
+    x1, y1, x2, y2 = (v * 11 for v in prediction.bbox[0].tolist())
+    red = (np.asarray(drawn) == RED).all(axis=-1)
+    assert red[int(y2), int(x2)] and red[int(y2), int(x1)]
+
+
+def test_label_text_contrasts_with_its_background():
+    assert text_colour_on(RED) == WHITE
+    assert text_colour_on((0, 220, 0)) == BLACK
+    assert text_colour_on((235, 215, 40)) == BLACK  # the synthetic yellow
+    assert text_colour_on((40, 70, 220)) == WHITE  # the synthetic blue
+
+
+def test_labels_of_coinciding_boxes_are_stacked_not_overlapping():
+    canvas = Image.fromarray(np.full((300, 400, 3), 90, np.uint8))
+    boxes = [[50, 40, 250, 200]] * 3
+    rects = draw_labelled_boxes(canvas, boxes, ["red circle 0.91", "blue square 0.45", "green triangle 0.30"], RED)
+    for k, a in enumerate(rects):
+        for b in rects[k + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+    # The best label sits on the box's top edge, outside the box; two fit above it, the third goes inside.
+    assert (rects[0][0], rects[0][3]) == (50, 40)
+    assert rects[1][3] == rects[0][1] and rects[2][1] == 40
+    # Each label is visible in the pixels: white text on red inside each of the three rectangles.
+    drawn = np.asarray(canvas)
+    for left, top, right, bottom in rects:
+        top_, bottom_, left_, right_ = _text_on_fill(drawn[top:bottom, left:right], RED)
+        assert bottom_ - top_ >= 6 and right_ - left_ >= 30
 
 
 def _load_demo():
@@ -120,12 +174,14 @@ def test_demo_writes_a_png_with_the_boxes(tmp_path, weight_file):
     with Image.open(out) as png:
         assert png.format == "PNG"
         drawn = np.asarray(png.convert("RGB"))
-    assert drawn.shape == image.shape
+    # 100x120 is enlarged 6 times: the short side reaches the readable 512 pixels.
+    assert drawn.shape == (120 * 6, 100 * 6, 3)
     red = (drawn == RED).all(axis=-1)
     assert red.any() and not (image == RED).all(axis=-1).any()
-    # The same detections as the API gives; red pixels lie inside the best box.
+    # The same detections as the API gives; red pixels lie inside the best box, and labels have white text.
     predictor = GLIPPredictor(_cfg(), weight=str(weight_file))
     best = predictor.predict(image, "person. car", threshold=0.0)
-    x1, y1, x2, y2 = best.bbox[0].tolist()
+    x1, y1, x2, y2 = (6 * v for v in best.bbox[0].tolist())
     inside = red[int(np.floor(y1)):int(np.ceil(y2)) + 1, int(np.floor(x1)):int(np.ceil(x2)) + 1]
     assert inside.any()
+    _text_on_fill(drawn, RED)

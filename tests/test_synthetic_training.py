@@ -5,6 +5,7 @@ evaluates the trained weights with `tools/test_grounding_net.py` on re-ordered a
 untrained model for comparison.
 """
 import importlib.util
+import io
 import json
 import os
 import random
@@ -12,9 +13,12 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+from maskrcnn_benchmark.data.datasets.synthetic import make_image
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic" / "glip_synthetic.yaml"
@@ -71,6 +75,21 @@ def _variant(tmp_path: Path, name: str, categories: list, keep_ids: set) -> dict
     return {"DATASETS": {"REGISTER": {name: {"img_dir": img_dir, "ann_file": str(path)}}, "TEST": [name]}}
 
 
+def test_main_job_shows_progress_metrics_and_outputs(trained_run):
+    work, stdout = trained_run
+    assert re.search(r"^iteration \d+/\d+ \(\d+%\)  loss [\d.]+ \(median [\d.]+\)  [\d.]+ s/it  eta [\d:]+$", stdout,
+                     re.M), stdout[:3000]
+    assert len(re.findall(r"^ Average (?:Precision|Recall) .* = -?[\d.]+$", stdout, re.M)) == 12
+    for label, path in (("Weights", "model_final.pth"), ("Loss curve", "loss_curve.png"),
+                        ("Validation pictures", "val_images")):
+        shown = re.search(rf"^{label}: +(\S+?)/?(?: \(.*)?$", stdout, re.M).group(1)
+        assert (REPO / shown).resolve() == (work / path).resolve(), (label, shown)
+    demo = re.search(r"^Try the model: +python tools/demo\.py (\S+) '([a-z .]+)' ", stdout, re.M)
+    assert (REPO / demo.group(1)).is_file() and demo.group(2)
+    ap = re.search(r"^Final validation bbox AP : ([\d.]+) ", stdout, re.M).group(1)
+    assert f"Final Train Accuracy : {ap}" in stdout
+
+
 def test_main_job_learns_and_grounds(trained_run, tmp_path):
     work, stdout = trained_run
     final_ap = float(re.search(r"Final Train Accuracy : ([0-9.]+)", stdout).group(1))
@@ -107,10 +126,43 @@ def test_main_job_leaves_loss_curve_and_pictures_with_boxes(trained_run):
     image_id = int(pictures[0].stem.split("_")[1])
     best = max((d for d in detections if d["image_id"] == image_id), key=lambda d: d["score"])
     assert best["score"] >= 0.3
-    scale = 3  # tools/draw_detections.py's default enlargement
     with Image.open(pictures[0]) as picture:
         rgb = picture.convert("RGB")
-        x, y, w, h = (v * scale for v in best["bbox"])
-        edge = [rgb.getpixel((int(x + t * w), int(y))) for t in (0.25, 0.5, 0.75)]
+    scale = rgb.width // 128  # the synthetic images are 128x128, enlarged to a readable size
+    assert rgb.size == (128 * scale, 128 * scale) and scale * 128 >= 512
+    x, y, w, h = (v * scale for v in best["bbox"])
+    edge = [rgb.getpixel((int(x + t * w), int(y))) for t in (0.25, 0.5, 0.75)]
     # The predicted box's top edge is drawn in red.
     assert all(p[0] > 200 and p[1] < 80 and p[2] < 80 for p in edge), edge
+
+
+
+def _draw_detections_tool():
+    spec = importlib.util.spec_from_file_location("draw_detections", REPO / "tools" / "draw_detections.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_validation_pictures_stack_the_labels_of_coinciding_boxes():
+    tool = _draw_detections_tool()
+    jpeg, _ = make_image(np.random.default_rng(0), 128, 16, 64, 3)
+    image = Image.open(io.BytesIO(jpeg))
+    names = {1: "red circle", 3: "blue square", 4: "green triangle"}
+    box = [20.0, 30.0, 60.0, 50.0]
+    detections = [{"bbox": box, "category_id": c, "score": s} for c, s in ((3, 0.45), (1, 0.91), (4, 0.35))]
+    taken = []
+    canvas = tool.draw_image(image, [{"bbox": box}], detections, names, 4, taken)
+    assert canvas.size == (512, 512)
+    # Three label boxes, the best score's on the box's top edge and the others stacked above it, none overlapping.
+    assert (taken[0][0], taken[0][3]) == (80, 120)
+    assert taken[2][3] == taken[1][1] and taken[1][3] == taken[0][1]
+    for k, a in enumerate(taken):
+        for b in taken[k + 1:]:
+            assert a[3] <= b[1] or b[3] <= a[1] or a[2] <= b[0] or b[2] <= a[0], (a, b)
+    # In the pixels: each label box is filled red with near-white text in it.
+    pixels = np.asarray(canvas)
+    for left, top, right, bottom in taken:
+        area = pixels[top:bottom, left:right]
+        assert (area == (255, 0, 0)).all(axis=-1).mean() > 0.4
+        assert (area >= 220).all(axis=-1).sum() >= 20

@@ -1,5 +1,8 @@
 """Detect the phrases of a prompt in an image and save the image with the labelled boxes drawn.
 
+The picture is enlarged (by a whole factor) until its short side is at least --min-size pixels (512), so that the
+labels can be read; the boxes printed in the log stay in the input image's pixels.
+
     python tools/demo.py IMAGE "person. dog. bicycle" --config-file CONFIG --weight CHECKPOINT --out out.png
 """
 import argparse
@@ -10,6 +13,7 @@ from PIL import Image
 
 from maskrcnn_benchmark.config import cfg as default_cfg
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor, draw_predictions
+from maskrcnn_benchmark.utils.drawing import READABLE_MIN_SIDE
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -21,6 +25,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--weight", default=None, metavar="FILE", help="checkpoint (else MODEL.WEIGHT)")
     parser.add_argument("--out", default="demo.png", help="output PNG file")
     parser.add_argument("--threshold", type=float, default=0.5, help="keep detections scoring above this")
+    parser.add_argument("--min-size", type=int, default=READABLE_MIN_SIDE,
+                        help="enlarge the picture by a whole factor until its short side is at least this")
     parser.add_argument("opts", help="Modify config options using the command-line (KEY VALUE pairs)",
                         nargs="*")
     # Intermixed: the flags may follow the image and prompt, and the KEY VALUE pairs may follow the flags.
@@ -42,8 +48,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     for name, score, box in zip(prediction.get_field("label_names"), prediction.get_field("scores").tolist(),
                                 prediction.bbox.tolist()):
         logging.info("%s %.3f %s", name, score, [round(v, 1) for v in box])
-    draw_predictions(image, prediction).save(args.out, format="PNG")
-    logging.info("Wrote %s (%d boxes)", args.out, len(prediction))
+    # Drawn on an enlarged copy: labels on a small input (e.g. a 128x128 synthetic image) would be unreadable.
+    canvas = draw_predictions(image, prediction, min_side=args.min_size)
+    canvas.save(args.out, format="PNG")
+    logging.info("Wrote %s (%d boxes, %dx%d pixels)", args.out, len(prediction), canvas.width, canvas.height)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import nn
 
 from maskrcnn_benchmark.data.transforms import build_transforms
@@ -14,6 +14,7 @@ from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import to_image_list
 from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer, missing_weights_error
 from maskrcnn_benchmark.utils.device import resolve_device
+from maskrcnn_benchmark.utils.drawing import draw_labelled_boxes, enlarge, enlargement_factor
 
 from maskrcnn_benchmark.data.datasets.positive_maps import create_positive_dict
 
@@ -111,15 +112,18 @@ class GLIPPredictor:
 
 
 def draw_predictions(image: ImageInput, prediction: BoxList, color: Tuple[int, int, int] = (255, 0, 0),
-                     width: int = 2) -> Image.Image:
-    """A copy of the image with each box and its "name:score" label drawn."""
-    canvas = _to_pil(image).copy()
-    draw = ImageDraw.Draw(canvas)
+                     width: int = 2, min_side: int = 0) -> Image.Image:
+    """A copy of the image with each box and its "name:score" label (contrasting text on a filled box) drawn.
+
+    With `min_side`, the copy is first enlarged by the smallest whole factor that makes its short side at least
+    that many pixels (the boxes with it), so that labels on small images can be read.
+    """
+    canvas = _to_pil(image)
+    factor = enlargement_factor(canvas.size, min_side) if min_side > 0 else 1
+    canvas = enlarge(canvas, factor, Image.BICUBIC)
     names = prediction.get_field("label_names") if prediction.has_field("label_names") else None
-    boxes = prediction.convert("xyxy").bbox.tolist()
+    boxes = [[value * factor for value in box] for box in prediction.convert("xyxy").bbox.tolist()]
     scores = prediction.get_field("scores").tolist()
-    for k, (box, score) in enumerate(zip(boxes, scores)):
-        draw.rectangle(box, outline=color, width=width)
-        name = names[k] if names is not None else "object"
-        draw.text((box[0] + width, box[1] + width), f"{name}:{score:.2f}", fill=color)
+    labels = [f"{names[k] if names is not None else 'object'}:{score:.2f}" for k, score in enumerate(scores)]
+    draw_labelled_boxes(canvas, boxes, labels, color, width)
     return canvas

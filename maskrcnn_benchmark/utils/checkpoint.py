@@ -76,13 +76,14 @@ ZIP_SIGNATURE = b"PK\x03\x04"
 PICKLE_PROTOCOL_OPCODE = b"\x80"
 # First bytes of files that users mistake for checkpoints, to say what the file is.
 FILE_SIGNATURES = (
-    (b"\xff\xd8\xff", "is a JPEG image"),
-    (b"\x89PNG\r\n\x1a\n", "is a PNG image"),
-    (b"GIF8", "is a GIF image"),
-    (b"II*\x00", "is a TIFF image"),
-    (b"MM\x00*", "is a TIFF image"),
-    (b"\x1f\x8b", "is a gzip archive"),
-    (b"version https://git-lfs.github.com/spec", "is a Git LFS pointer, not the file itself (run `git lfs pull`)"),
+    (b"\xff\xd8\xff", "is a JPEG image, not a checkpoint."),
+    (b"\x89PNG\r\n\x1a\n", "is a PNG image, not a checkpoint."),
+    (b"GIF8", "is a GIF image, not a checkpoint."),
+    (b"II*\x00", "is a TIFF image, not a checkpoint."),
+    (b"MM\x00*", "is a TIFF image, not a checkpoint."),
+    (b"\x1f\x8b", "is a gzip archive, not a checkpoint: unpack it first."),
+    (b"version https://git-lfs.github.com/spec", "is a Git LFS pointer, not the checkpoint itself: fetch the file "
+                                                 "with `git lfs pull`."),
 )
 
 
@@ -112,7 +113,8 @@ def _check_torch_zip(path: str) -> None:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError) as error:
-        raise _unreadable(path, error) from error
+        raise _unreadable(path, error, "its zip archive has no readable directory, as when the end of the file "
+                                        "is missing") from error
     if any(name.endswith("/constants.pkl") for name in names):
         raise CheckpointError(f"{path} is a TorchScript archive (torch.jit.save), not a checkpoint of weights.")
     if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
@@ -138,7 +140,7 @@ def _describe_other_file(head: bytes) -> str:
     """What a file that starts with `head` (neither zip nor pickle) is, as the end of a sentence."""
     for signature, description in FILE_SIGNATURES:
         if head.startswith(signature):
-            return f"{description}, not a checkpoint."
+            return description
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return "is a WebP image, not a checkpoint."
     if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
@@ -153,11 +155,11 @@ def _describe_other_file(head: bytes) -> str:
             f"(it starts with the bytes {head[:8].hex(' ')}).")
 
 
-def _unreadable(path: str, error: BaseException) -> CheckpointError:
-    """The error for a checkpoint file whose content cannot be read to the end."""
+def _unreadable(path: str, error: BaseException, detail: str = "") -> CheckpointError:
+    """The error for a checkpoint file whose content cannot be read to the end (`detail`: what is wrong)."""
     # torch's zip reader appends a paragraph about miniz to its one-line reason.
     reason = str(error).split(". This is an internal")[0].strip().splitlines()
-    detail = reason[0] if reason else f"{type(error).__name__}: the data ends early"
+    detail = detail or (reason[0] if reason else f"{type(error).__name__}: the data ends early")
     return CheckpointError(f"{path} is truncated or corrupt ({detail}), so it cannot be loaded: copy or download "
                            "it again.")
 

@@ -1,10 +1,14 @@
 """The yacs config against the official defaults, the official config files and the official config dumps."""
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from yacs.config import CfgNode
 
 from maskrcnn_benchmark.config import PORT_KEYS, cfg, check_supported, get_cfg_defaults, unsupported_settings
+from maskrcnn_benchmark.config.config_node import ConfigFileError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -144,6 +148,36 @@ def test_misspelt_key_in_a_file_names_the_full_key(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text("MODEL:\n  DYHEAD:\n    NUM_CONVZ: 6\n")
     with pytest.raises(KeyError, match=r"MODEL\.DYHEAD\.NUM_CONVZ"):
+        get_cfg_defaults().merge_from_file(str(path))
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "indented.yaml"
+    path.write_text("MODEL:\n  DEVICE: cpu\n   WEIGHT: x\n")  # WEIGHT indented one space too far
+    with pytest.raises(ConfigFileError) as raised:
+        get_cfg_defaults().merge_from_file(str(path))
+    message = str(raised.value)
+    assert message.startswith(f"Config file {path}, line 3, column 10 is not valid YAML")
+    assert f'mapping values are not allowed here\n  in "{path}", line 3, column 10:' in message
+    assert "<unicode string>" not in message
+
+
+def test_train_net_names_a_config_file_that_is_not_yaml(tmp_path):
+    path = tmp_path / "unclosed.yaml"
+    path.write_text("SOLVER:\n  STEPS: (0.67, 0.89\nMODEL:\n  DEVICE: [cpu\n")
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file", str(path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert f"ConfigFileError: Config file {path}, line 5, column 1 is not valid YAML" in result.stderr, result.stderr
+
+
+def test_missing_config_file_and_misspelt_key_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"Config file not found: {re.escape(str(tmp_path))}/none.yaml"):
+        get_cfg_defaults().merge_from_file(str(tmp_path / "none.yaml"))
+    path = tmp_path / "typo.yaml"
+    path.write_text("MODEL:\n  DYHEAD:\n    NUM_CONVZ: 6\n")
+    with pytest.raises(KeyError, match=f"Config file {re.escape(str(path))}: Non-existent config key: "
+                                       r"MODEL\.DYHEAD\.NUM_CONVZ"):
         get_cfg_defaults().merge_from_file(str(path))
 
 

@@ -419,6 +419,27 @@ def test_unknown_category_id(tmp_path):
         _grounding(img_dir, ann_file)
 
 
+@pytest.mark.parametrize("bbox, problem", [
+    ([2, 2, 10], "3 numbers instead of 4"),
+    ([2, 2, 10, "10"], "not all numbers"),
+    ([2, 2, float("nan"), 10], "not finite"),
+    (None, "missing"),
+], ids=["3 numbers", "a string", "NaN", "missing"])
+def test_bad_bbox_is_refused_when_the_dataset_loads_naming_file_annotation_image_and_value(tmp_path, bbox, problem):
+    good = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0}
+    bad = {"id": 7, "image_id": 2, "category_id": 1, "bbox": bbox, "area": 100, "iscrowd": 0}
+    if bbox is None:
+        del bad["bbox"]
+    img_dir, ann_file = _write_dataset(tmp_path, images=((1, "a.jpg"), (2, "b.jpg")), annotations=[good, bad])
+    expected = (f"{ann_file}: annotation 7 (image 2) has bbox {bbox!r}: {problem}. A COCO bbox is [x, y, width, "
+                "height], 4 finite numbers; fix or remove this annotation.")
+    for load in (lambda: _grounding(img_dir, ann_file),  # training
+                 lambda: COCODataset(ann_file, img_dir, remove_images_without_annotations=False)):  # evaluation
+        with pytest.raises(ValueError) as raised:
+            load()
+        assert str(raised.value) == expected
+
+
 def test_unreadable_and_missing_image(tmp_path):
     img_dir, ann_file = _write_dataset(tmp_path)
     Path(img_dir, "a.jpg").write_bytes(b"not a jpeg at all")

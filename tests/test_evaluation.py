@@ -16,7 +16,9 @@ from torch import nn
 
 from conftest import FIXTURES, SMALL
 from maskrcnn_benchmark.config import get_cfg_defaults
+from maskrcnn_benchmark.data.datasets.coco import COCODataset
 from maskrcnn_benchmark.data.evaluation import COCOResults, evaluate, prepare_for_coco_detection
+from maskrcnn_benchmark.data.evaluation.coco_eval import NoGroundTruthError
 from maskrcnn_benchmark.engine.inference import (clean_name, create_positive_map_label_to_token_from_positive_map,
                                                  create_queries_and_maps, create_queries_and_maps_from_dataset)
 from maskrcnn_benchmark.modeling.language_backbone import load_shipped_tokenizer
@@ -243,6 +245,42 @@ def test_no_detections_evaluate_to_zero(tiny_coco, tmp_path):
     assert coco_results == {"bbox": []}
     assert results.results["bbox"]["AP"] == 0.0
     assert json.loads((tmp_path / "bbox.json").read_text()) == []
+
+
+def _unlabelled(folder: Path, annotations: list) -> tuple:
+    """The tiny dataset with only these annotations, registered as `unlabelled_val`: (annotation file, task)."""
+    ann_file = _write_dataset(folder)
+    data = json.loads(ann_file.read_text())
+    ann_file.write_text(json.dumps({**data, "annotations": annotations}))
+    task_config = folder / "task.yaml"
+    task_config.write_text(
+        "DATASETS:\n"
+        f"  REGISTER:\n    unlabelled_val:\n      img_dir: '{folder / 'images'}'\n      ann_file: '{ann_file}'\n"
+        "  TEST: ('unlabelled_val',)\n"
+    )
+    return ann_file, task_config
+
+
+def test_evaluating_images_without_annotations_is_an_error_naming_the_file(tmp_path):
+    ann_file, task_config = _unlabelled(tmp_path / "data", annotations=[])
+    model = FakeDetector([])
+    with pytest.raises(NoGroundTruthError) as raised:
+        _load_tool().main(_tool_argv(task_config, tmp_path / "out"), model=model)
+    assert str(raised.value) == (
+        f"Cannot evaluate unlabelled_val: {ann_file} has 3 images but no box annotations, so every COCO AP and AR "
+        "would be -1. Evaluate on a dataset whose annotation file has boxes (DATASETS.TEST); to see detections on "
+        "unlabelled images, use tools/demo.py.")
+    assert model.calls == []  # refused before the model ran over the images
+    assert not list((tmp_path / "out").rglob("bbox.json"))
+
+
+def test_evaluating_crowd_boxes_only_is_an_error_too(tmp_path):
+    crowd = [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [4, 6, 30, 40], "area": 1200, "iscrowd": 1}]
+    ann_file, _ = _unlabelled(tmp_path, annotations=crowd)
+    dataset = COCODataset(str(ann_file), str(tmp_path / "images"), remove_images_without_annotations=False)
+    with pytest.raises(NoGroundTruthError, match=r"has 3 images but no box annotations \(only crowd boxes, which "
+                                                 r"COCO ignores\)"):
+        evaluate(dataset, {}, str(tmp_path))
 
 
 # ---- the tool -------------------------------------------------------------------------------------------------

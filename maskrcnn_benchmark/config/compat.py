@@ -12,7 +12,7 @@ set to a value whose variant is not built.
 import copy
 from typing import Any, Dict, List, Tuple
 
-from yacs.config import CfgNode as CN
+from .config_node import ConfigNode as CN
 
 # Feature description -> {section: {key: official default}}. A non-default value is rejected.
 UNBUILT_FEATURES: Dict[str, Dict[str, Dict[str, Any]]] = {

@@ -10,9 +10,8 @@ interchangeable, None accepts anything), so int/float/tuple/list choices below f
 """
 import os
 
-from yacs.config import CfgNode as CN
-
 from .compat import add_compatibility_keys
+from .config_node import ConfigNode as CN
 
 _C = CN()
 

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from maskrcnn_benchmark.data.datasets.positive_maps import create_positive_dict
 from maskrcnn_benchmark.data.evaluation import evaluate
+from maskrcnn_benchmark.data.evaluation.coco_eval import require_box_annotations
 from maskrcnn_benchmark.layers.deform_conv import NonFiniteOffsetError
 from maskrcnn_benchmark.modeling.language_backbone import build_tokenizer, tokenize_captions
 from maskrcnn_benchmark.structures.bounding_box import BoxList
@@ -217,6 +218,7 @@ def inference(model: nn.Module, data_loader, dataset_name: str, iou_types: Seque
     _check_eval_settings(cfg)
     device = torch.device(device)
     dataset = data_loader.dataset
+    require_box_annotations(dataset, dataset_name)  # before running the model over every image
     if verbose:
         logger.info("Start evaluation on %s dataset(%d images).", dataset_name, len(dataset))
     tokenizer = build_tokenizer(cfg)

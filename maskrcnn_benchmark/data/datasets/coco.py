@@ -2,6 +2,7 @@
 import contextlib
 import io
 import json
+import math
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -50,6 +51,25 @@ def _check_coco_dict(data: dict, ann_file: str) -> None:
             )
         if ann["image_id"] not in image_ids:
             raise ValueError(f"{ann_file}: annotation {ann.get('id')} refers to unknown image {ann['image_id']}")
+        problem = bbox_problem(ann.get("bbox"))
+        if problem:
+            raise ValueError(
+                f"{ann_file}: annotation {ann.get('id')} (image {ann['image_id']}) has bbox {ann.get('bbox')!r}: "
+                f"{problem}. A COCO bbox is [x, y, width, height], 4 finite numbers; fix or remove this annotation."
+            )
+
+
+def bbox_problem(bbox: Any) -> str | None:
+    """What is wrong with an annotation's `bbox` value (None when it is 4 finite numbers)."""
+    if not isinstance(bbox, (list, tuple)):
+        return "not a list" if bbox is not None else "missing"
+    if len(bbox) != 4:
+        return f"{len(bbox)} numbers instead of 4"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+        return "not all numbers"
+    if not all(math.isfinite(v) for v in bbox):
+        return "not finite"
+    return None
 
 
 def load_coco(ann_file: str) -> COCO:

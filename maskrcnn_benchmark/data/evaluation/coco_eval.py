@@ -143,6 +143,23 @@ def check_expected_results(results: COCOResults, expected_results: Sequence, sig
     return all_ok
 
 
+class NoGroundTruthError(ValueError):
+    """The evaluation set has images but no box annotations: every COCO metric would be -1."""
+
+
+def require_box_annotations(dataset, dataset_name: str = "") -> None:
+    """Raise NoGroundTruthError when the dataset's COCO annotations hold no (non-crowd) box to evaluate against."""
+    coco = getattr(dataset, "coco", None)
+    if coco is None or any(not ann.get("iscrowd", 0) for ann in coco.anns.values()):
+        return
+    source = getattr(dataset, "ann_file", None) or "its annotation file"
+    crowd_only = " (only crowd boxes, which COCO ignores)" if coco.anns else ""
+    raise NoGroundTruthError(
+        f"Cannot evaluate {dataset_name or 'the dataset'}: {source} has {len(coco.imgs)} images but no box "
+        f"annotations{crowd_only}, so every COCO AP and AR would be -1. Evaluate on a dataset whose annotation file "
+        "has boxes (DATASETS.TEST); to see detections on unlabelled images, use tools/demo.py.")
+
+
 def do_coco_evaluation(dataset, predictions: Predictions, output_folder: Optional[str],
                        iou_types: Sequence[str] = ("bbox",), expected_results: Sequence = (),
                        expected_results_sigma_tol: float = 4, box_only: bool = False
@@ -151,6 +168,7 @@ def do_coco_evaluation(dataset, predictions: Predictions, output_folder: Optiona
     if box_only:
         raise ValueError("Proposal (box_only) evaluation belongs to RPN-only detectors, which this project does "
                          "not build; GLIP's VL head gives final detections.")
+    require_box_annotations(dataset)
     logger.info("Preparing results for COCO format")
     coco_results = {}
     if "bbox" in iou_types:

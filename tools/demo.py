@@ -9,9 +9,8 @@ import argparse
 import logging
 from typing import List, Optional
 
-from PIL import Image
-
 from maskrcnn_benchmark.config import cfg as default_cfg
+from maskrcnn_benchmark.data.datasets.coco import read_rgb_image
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor, draw_predictions
 from maskrcnn_benchmark.utils.drawing import READABLE_MIN_SIDE
 
@@ -42,9 +41,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     predictor = GLIPPredictor(cfg, weight=args.weight)
-    with Image.open(args.image) as img:
-        image = img.convert("RGB")
-    prediction = predictor.predict(image, args.prompt, threshold=args.threshold)
+    # Upright as photo viewers show it (EXIF orientation); the boxes refer to that image.
+    image = read_rgb_image(args.image, exif_orientation=True)
+    prediction = predictor.predict(image, args.prompt, threshold=args.threshold, source=args.image)
     for name, score, box in zip(prediction.get_field("label_names"), prediction.get_field("scores").tolist(),
                                 prediction.bbox.tolist()):
         logging.info("%s %.3f %s", name, score, [round(v, 1) for v in box])

@@ -4,7 +4,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 
 from maskrcnn_benchmark.data.transforms import build_transforms
@@ -16,6 +16,7 @@ from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer, missing_w
 from maskrcnn_benchmark.utils.device import resolve_device
 from maskrcnn_benchmark.utils.drawing import draw_labelled_boxes, enlarge, enlargement_factor
 
+from maskrcnn_benchmark.data.datasets.coco import to_rgb, transform_image
 from maskrcnn_benchmark.data.datasets.positive_maps import create_positive_dict
 
 from .inference import CharSpan, LabelToTokens, check_prompt_fits
@@ -55,7 +56,8 @@ def build_caption(caption: Union[str, Sequence[str]]) -> Tuple[str, List[str], L
 
 def _to_pil(image: ImageInput) -> Image.Image:
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        # Users' photos: upright as viewers show them (EXIF orientation), 16-bit greyscale scaled to 8 bits.
+        return to_rgb(ImageOps.exif_transpose(image), "given to the predictor")
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 (H, W, 3) array, got {array.dtype} {array.shape}")
@@ -93,13 +95,18 @@ class GLIPPredictor:
         return text, names, label_to_tokens
 
     @torch.no_grad()
-    def predict(self, image: ImageInput, caption: Union[str, Sequence[str]], threshold: float = 0.5) -> BoxList:
-        """Detections scoring above `threshold`, best first, with fields scores, labels and label_names (list)."""
+    def predict(self, image: ImageInput, caption: Union[str, Sequence[str]], threshold: float = 0.5,
+                source: str | None = None) -> BoxList:
+        """Detections scoring above `threshold`, best first, with fields scores, labels and label_names (list).
+
+        A PIL image is first turned as its EXIF orientation says; the boxes refer to the turned image. `source`
+        (e.g. the file name) names the image in errors.
+        """
         pil_image = _to_pil(image)
         text, names, label_to_tokens = self.prompt(caption)
         if not label_to_tokens:
             raise ValueError(f"No phrase of the prompt {caption!r} maps to a token.")
-        image_tensor = self.transforms(pil_image)
+        image_tensor = transform_image(self.transforms, pil_image, None, source or "given to the predictor")
         images = to_image_list([image_tensor], self.size_divisibility).to(self.device)
         tokenized = tokenize_captions(self.tokenizer, [text], self.max_query_len, self.pad_max).to(self.device)
         prediction = self.model(images, captions=[text], positive_map=label_to_tokens, tokenized=tokenized)[0]

@@ -7,7 +7,8 @@ import os
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
@@ -83,15 +84,55 @@ def load_coco(ann_file: str) -> COCO:
     return coco
 
 
-def load_image(path: str, image_id: Any) -> Image.Image:
-    """The RGB PIL image at `path`; errors name the file and the COCO image id."""
+# PIL's modes for 16-bit greyscale (PNG, TIFF; "I" in older Pillow): convert("RGB") clips them at 255 (white).
+SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image, source: str) -> Image.Image:
+    """`image` as 8-bit RGB; 16-bit greyscale keeps its top 8 bits, as PIL reads 16-bit colour images."""
+    if image.mode in SIXTEEN_BIT_GREY_MODES:
+        values = np.asarray(image)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise ValueError(f"Image {source}: PIL mode {image.mode} with values {low}..{high}, outside the 16-bit "
+                             "range 0..65535; save it as an 8-bit or 16-bit image.")
+        image = Image.fromarray((values.astype(np.uint32) >> 8).astype(np.uint8))
+    elif image.mode == "F":
+        raise ValueError(f"Image {source}: floating-point pixels (PIL mode F) have no defined 0-255 scale; save it "
+                         "as an 8-bit or 16-bit image.")
+    return image.convert("RGB")
+
+
+def read_rgb_image(path: str, context: str = "", exif_orientation: bool = False) -> Image.Image:
+    """The 8-bit RGB image in the file `path` (rotated as its EXIF orientation says, if asked).
+
+    Errors name the file (and `context`, e.g. the COCO image id).
+    """
+    source = f"{path} ({context})" if context else path
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Image file not found: {path} (image id {image_id})")
+        raise FileNotFoundError(f"Image file not found: {source}")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
-    except OSError as err:
-        raise OSError(f"Cannot read image {path} (image id {image_id}): {err}") from err
+            image = ImageOps.exif_transpose(img) if exif_orientation else img
+            return to_rgb(image, source)
+    except (OSError, Image.DecompressionBombError) as err:
+        raise OSError(f"Cannot read image {source}: {err}") from err
+
+
+def load_image(path: str, image_id: Any) -> Image.Image:
+    """The RGB PIL image at `path` as stored (no EXIF rotation: COCO boxes refer to the stored pixels).
+
+    Errors name the file and the COCO image id.
+    """
+    return read_rgb_image(path, f"image id {image_id}")
+
+
+def transform_image(transforms: Callable, image: Image.Image, target: Any, source: str):
+    """`transforms(image, target)`; a ValueError (e.g. an image too elongated to resize) names `source`."""
+    try:
+        return transforms(image, target)
+    except ValueError as err:
+        raise ValueError(f"Image {source} ({image.width}x{image.height} pixels): {err}") from err
 
 
 def check_image_folder(folder: str) -> None:
@@ -144,11 +185,18 @@ class CocoImages(Dataset):
         """The json annotations of one image (crowd ones included)."""
         return self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id))
 
+    def image_path(self, index: int) -> str:
+        """The image file of a dataset index."""
+        return os.path.join(self.root, self.coco.imgs[self.ids[index]]["file_name"])
+
+    def describe(self, index: int) -> str:
+        """The image file and COCO image id of a dataset index, for error messages."""
+        return f"{self.image_path(index)} (image id {self.ids[index]})"
+
     def load(self, index: int) -> Tuple[Image.Image, List[dict]]:
         """The RGB image and its raw annotations."""
         img_id = self.ids[index]
-        path = os.path.join(self.root, self.coco.imgs[img_id]["file_name"])
-        return load_image(path, img_id), self.raw_annotations(img_id)
+        return load_image(self.image_path(index), img_id), self.raw_annotations(img_id)
 
     def categories(self, no_background: bool = True) -> Dict[int, str]:
         """label -> category name."""
@@ -191,5 +239,5 @@ class COCODataset(CocoImages):
         target = boxes_and_labels(anno, img.size, self.json_category_id_to_contiguous_id)
         target = target.clip_to_image(remove_empty=True)
         if self.transforms is not None:
-            img, target = self.transforms(img, target)
+            img, target = transform_image(self.transforms, img, target, self.describe(index))
         return img, target, index

@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 
-from .coco import CocoImages, boxes_and_labels
+from .coco import CocoImages, boxes_and_labels, transform_image
 from .od_to_grounding import build_detection_caption, count_fitting_labels
 from .positive_maps import create_greenlight_map, create_positive_map
 
@@ -136,7 +136,7 @@ class CocoGrounding(CocoImages):
         target = target[torch.tensor(in_caption, dtype=torch.bool)]
         fields = self.grounding_fields(target, caption, label_to_span, self.ids[index], img.size)
         if self._transforms is not None:
-            img, target = self._transforms(img, target)
+            img, target = transform_image(self._transforms, img, target, self.describe(index))
         for name, value in fields.items():
             target.add_field(name, value)
         return img, target, index

@@ -40,6 +40,10 @@ def resized_shape(image_size: Tuple[int, int], short_side: int, max_size: Option
         short, long = float(min(width, height)), float(max(width, height))
         if long / short * short_side > max_size:
             short_side = int(round(max_size * short / long))
+            if short_side < 1:
+                raise ValueError(f"a {width}x{height} image is too elongated: with its long side at most {max_size} "
+                                 "pixels (INPUT.MAX_SIZE_*), its short side would be 0 pixels; crop the image or "
+                                 "leave it out")
     if (width <= height and width == short_side) or (height <= width and height == short_side):
         return height, width
     if width < height:

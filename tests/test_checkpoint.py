@@ -184,6 +184,20 @@ def test_evaluation_without_weights_is_an_error(tmp_path):
         _load_tool("test_grounding_net").main(argv)
 
 
+def test_evaluation_weights_may_come_from_the_run_folder_or_an_explicit_opt_in(tmp_path):
+    check_weights_given = _load_tool("test_grounding_net").check_weights_given
+    cfg = get_cfg_defaults()
+    cfg.OUTPUT_DIR, cfg.MODEL.WEIGHT = str(tmp_path), ""
+    with pytest.raises(CheckpointError, match="Nothing to evaluate"):
+        check_weights_given(None, cfg)
+    check_weights_given("model_final.pth", cfg)
+    (tmp_path / "last_checkpoint").write_text("model_final.pth")
+    check_weights_given(None, cfg)  # OUTPUT_DIR's last checkpoint is evaluated, as officially
+    (tmp_path / "last_checkpoint").unlink()
+    cfg.MODEL.ALLOW_MISSING_WEIGHTS = True
+    check_weights_given(None, cfg)
+
+
 def test_demo_without_weights_is_an_error(tmp_path):
     image = tmp_path / "photo.png"
     Image.new("RGB", (64, 48), (90, 120, 30)).save(image)

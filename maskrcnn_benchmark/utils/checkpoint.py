@@ -302,6 +302,10 @@ def atomic_torch_save(obj: Any, path: str) -> None:
         raise
 
 
+# Free space under which a failed write is probably a full disk (GLIP-T weights with the AdamW state: about 2.8 GB).
+LOW_DISK_SPACE = 4 * 2**30
+
+
 def _write_failure_message(path: str, error: BaseException) -> str:
     """Why writing the checkpoint `path` failed: a full disk when the error (or what caused it) says so."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -313,13 +317,15 @@ def _write_failure_message(path: str, error: BaseException) -> str:
         cause = cause.__cause__ or cause.__context__
     disk_full = any(isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT) for c in causes)
     previous = f"{path} was left as it was" if os.path.exists(path) else f"{path} was not created"
-    free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free in {folder}"
+    free_bytes = shutil.disk_usage(folder).free
+    free = f"{free_bytes / 2**20:.0f} MiB free in {folder}"
     if disk_full:
         return (f"Could not write the checkpoint {path}: the disk is full (no space left on device; {free}). "
                 f"{previous}; free some space (SOLVER.KEEP_LAST_CHECKPOINTS keeps fewer checkpoints) and resume.")
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return (f"Could not write the checkpoint {path}: the write failed ({reason}; {free}, the disk may be full). "
-            f"{previous}.")
+    # torch may lose the OSError entirely; little free space then says what happened.
+    low = ", the disk may be full" if free_bytes < LOW_DISK_SPACE else ""
+    return f"Could not write the checkpoint {path}: the write failed ({reason}; {free}{low}). {previous}."
 
 
 class Checkpointer:

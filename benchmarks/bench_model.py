@@ -1,8 +1,11 @@
-"""Time GLIP-T (random weights) on the optimised (default) and the reference path, with the 80-class COCO prompt.
+"""Time GLIP-T (random weights) on execution plans (default: the device's own and the reference plan), with the
+80-class COCO prompt.
 
 Usage: python benchmarks/bench_model.py [--mode eval|train] [--device cpu|cuda] [--dtype fp32|bf16|fp16]
-       [--size 800 1333] [--repeat 3] [--threads 2] [--paths fast reference] [--stochastic]
-Each path runs in its own subprocess (same seed, so same weights and input): median seconds over --repeat runs
+       [--size 800 1333] [--repeat 3] [--threads 2] [--plans auto reference] [--stochastic]
+Plans: auto (the device's: cpu on the CPU, accelerator elsewhere), cpu, accelerator, reference (--paths is an
+alias of --plans; its old name "fast" means auto).
+Each plan runs in its own subprocess (same seed, so same weights and input): median seconds over --repeat runs
 after one warm-up, peak memory (process RSS on CPU, allocator peak on CUDA). The parent prints the matmul speed
 of the machine and its load first, then each path, the time ratio and the largest differences between the
 paths' outputs (eval: detection scores and boxes; train: losses and gradient norms).
@@ -23,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from maskrcnn_benchmark.config import get_cfg_defaults  # noqa: E402
-from maskrcnn_benchmark.layers import reference_mode  # noqa: E402
 from maskrcnn_benchmark.modeling.detector import build_detection_model  # noqa: E402
 from maskrcnn_benchmark.structures.bounding_box import BoxList  # noqa: E402
 from maskrcnn_benchmark.structures.image_list import to_image_list  # noqa: E402
@@ -38,7 +40,7 @@ COCO_NAMES = (
     "refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
 ).split()
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-PATHS = ("fast", "reference")
+PLANS = ("auto", "cpu", "accelerator", "reference")
 
 
 def coco_prompt() -> "tuple[str, dict]":
@@ -145,9 +147,9 @@ def run_worker(args) -> None:
     """Benchmark one path in this process and save its timings and outputs to args.out."""
     torch.set_num_threads(args.threads)
     model = build_model(args.device, stochastic=args.stochastic)
+    use_plan(model, args.worker)
     step, outputs = make_step(model, args)
-    with reference_mode(args.worker == "reference"):
-        times = time_runs(step, args.repeat, args.device)
+    times = time_runs(step, args.repeat, args.device)
     torch.save({"times": times, "peak_gib": peak_memory_mb(torch.device(args.device)) / 1024, "outputs": outputs},
                args.out)
 
@@ -164,7 +166,7 @@ def matmul_gflops(dtype: torch.dtype, threads: int, size: int = 2048, runs: int 
 
 
 def compare(mode: str, fast: dict, reference: dict) -> str:
-    """Largest differences between the two paths' outputs, as a line of text."""
+    """Largest differences between a plan's outputs (`fast`) and the reference plan's, as a line of text."""
     if mode == "train":
         loss_diff = max(float((fast[k] - reference[k]).abs()) for k in fast if k.startswith("loss"))
         norms_f, norms_r = fast["grad_norms"], reference["grad_norms"]
@@ -196,8 +198,15 @@ def compare(mode: str, fast: dict, reference: dict) -> str:
             f"max |box diff| {box_diff:.2e} px, labels {'equal' if same_labels else 'differ'}")
 
 
+def use_plan(model: torch.nn.Module, plan: str) -> None:
+    """Put `model` on execution plan `plan` ("auto": keep the one chosen for its device) and print it."""
+    if plan != "auto":
+        model.set_execution_plan(plan)
+    print(f"execution plan: {model.execution_plan.describe()}", flush=True)
+
+
 def run_path_workers(script: str, paths, worker_args):
-    """Run `script --worker PATH --out FILE *worker_args` for each path in its own process; yield (path, result)."""
+    """Run `script --worker PLAN --out FILE *worker_args` for each plan in its own process; yield (plan, result)."""
     with tempfile.TemporaryDirectory() as folder:
         for path in paths:
             out = os.path.join(folder, f"{path}.pt")
@@ -217,10 +226,13 @@ def add_path_arguments(parser: argparse.ArgumentParser) -> None:
     """The options both benchmarks share: image size, threads, which paths, stochastic layers, worker plumbing."""
     parser.add_argument("--size", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"))
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
-    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    parser.add_argument("--plans", "--paths", dest="paths", nargs="+", choices=PLANS, default=["auto", "reference"],
+                        type=lambda name: "auto" if name == "fast" else name,
+                        help="execution plans to run, each in its own process; the first is compared with "
+                             "'reference' when both run")
     parser.add_argument("--stochastic", action="store_true",
                         help="keep dropout, drop-path and DropBlock in training (outputs then differ between paths)")
-    parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=PLANS, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
 
 
@@ -261,10 +273,11 @@ def main() -> None:
         print(f"GLIP-T {args.mode} {args.device} {args.dtype} image {args.size[0]}x{args.size[1]} "
               f"threads {args.threads} {path:9s}: median {statistics.median(times):.2f} s "
               f"(runs {', '.join(f'{t:.2f}' for t in times)}), peak memory {result['peak_gib']:.2f} GiB")
-    if len(results) == 2:
-        fast, reference = results["fast"], results["reference"]
+    first = args.paths[0]
+    if first != "reference" and "reference" in results:
+        fast, reference = results[first], results["reference"]
         ratio = statistics.median(reference["times"]) / statistics.median(fast["times"])
-        print(f"speed-up fast vs reference: {ratio:.2f}x; peak memory {fast['peak_gib']:.2f} vs "
+        print(f"speed-up {first} vs reference: {ratio:.2f}x; peak memory {fast['peak_gib']:.2f} vs "
               f"{reference['peak_gib']:.2f} GiB; {compare(args.mode, fast['outputs'], reference['outputs'])}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 

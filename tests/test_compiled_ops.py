@@ -14,7 +14,6 @@ import torch
 import torchvision
 
 from maskrcnn_benchmark.layers import _ops
-from maskrcnn_benchmark.layers.fast_path import reference_mode
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = os.environ.get("GLIP_REQUIRE_EXTENSION", "").strip().lower() in ("1", "true", "yes")
@@ -29,6 +28,27 @@ def extension():
         if REQUIRED:
             pytest.fail(message + " -- GLIP_REQUIRE_EXTENSION=1 requires it")
         pytest.skip(message)
+
+
+def _cuda_kernels_missing() -> str | None:
+    """Why the CUDA variants cannot run here (None when a GPU and the CUDA kernels are there)."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if not _ops.compiled_kernel_available("ml_nms", "cuda"):
+        return f"{_ops.EXTENSION} has no CUDA kernels (build with FORCE_CUDA=1)"
+    return None
+
+
+def _on_cuda():
+    """The CUDA variant of a kernel test: runs on a GPU with the CUDA kernels built, skips (with why) elsewhere;
+    with GLIP_REQUIRE_EXTENSION=1 on a machine with a GPU, missing CUDA kernels fail it."""
+    missing = _cuda_kernels_missing()
+    if missing and REQUIRED and torch.cuda.is_available():
+        return "cuda"  # runs, and fails on the missing kernel
+    return pytest.param("cuda", marks=pytest.mark.skipif(missing is not None, reason=missing or ""))
+
+
+DEVICES = ["cpu", _on_cuda()]
 
 
 def pytorch(op):
@@ -60,17 +80,18 @@ def random_boxes(gen, num, integer=False, dtype=torch.float32):
     return boxes.to(dtype), scores, labels
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("thresh", [0.0, 0.3, 0.6, 1.0, -0.5])
-def test_ml_nms_equals_pytorch(seed, thresh):
+def test_ml_nms_equals_pytorch(seed, thresh, device):
     gen = torch.Generator().manual_seed(seed)
     num = int(torch.randint(1, 200, (1,), generator=gen))
     for integer in (False, True):
         boxes, scores, labels = random_boxes(gen, num, integer)
         expected = pytorch("ml_nms")(boxes, scores, labels, thresh)
-        kept = compiled("ml_nms")(boxes, scores, labels, thresh)
-        assert kept.dtype == torch.int64
-        assert torch.equal(kept, expected)
+        kept = compiled("ml_nms")(boxes.to(device), scores.to(device), labels.to(device), thresh)
+        assert kept.dtype == torch.int64 and kept.device.type == device
+        assert torch.equal(kept.cpu(), expected)
 
 
 def test_ml_nms_float64_half_and_empty():
@@ -107,9 +128,10 @@ def random_rois(gen, num_rois, batch, height, width, dtype):
     return torch.cat([index, xy, xy + wh], dim=1).to(dtype)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("aligned", [False, True])
-def test_roi_align_equals_torchvision(seed, aligned):
+def test_roi_align_equals_torchvision(seed, aligned, device):
     gen = torch.Generator().manual_seed(seed)
     batch, channels = int(torch.randint(1, 3, (1,), generator=gen)), int(torch.randint(1, 4, (1,), generator=gen))
     height, width = (int(v) for v in torch.randint(1, 12, (2,), generator=gen))
@@ -122,14 +144,14 @@ def test_roi_align_equals_torchvision(seed, aligned):
     grad_out = torch.randn(num_rois, channels, *output_size, generator=gen, dtype=torch.float64)
     args = (output_size, scale, sampling_ratio, aligned)
 
-    (x_ref,), (x_new,) = leaves(features), leaves(features)
+    (x_ref,), (x_new,) = leaves(features), leaves(features.to(device))
     expected = torchvision.ops.roi_align(x_ref, rois, *args)
-    result = compiled("roi_align")(x_new, rois, *args)
-    torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-12)
+    result = compiled("roi_align")(x_new, rois.to(device), *args)
+    torch.testing.assert_close(result.cpu(), expected, rtol=1e-12, atol=1e-12)
     if num_rois:
         expected.backward(grad_out)
-        result.backward(grad_out)
-        torch.testing.assert_close(x_new.grad, x_ref.grad, rtol=1e-12, atol=1e-12)
+        result.backward(grad_out.to(device))
+        torch.testing.assert_close(x_new.grad.cpu(), x_ref.grad, rtol=1e-12, atol=1e-12)
 
 
 def test_roi_align_float32_and_box_lists():
@@ -143,26 +165,28 @@ def test_roi_align_float32_and_box_lists():
 # ---------------------------------------------------------------- token focal loss
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.5, 0.0), (0.25, 1.0), (0.75, 1.5)])
-def test_token_focal_loss_equals_pytorch(seed, alpha, gamma):
+def test_token_focal_loss_equals_pytorch(seed, alpha, gamma, device):
     gen = torch.Generator().manual_seed(seed)
     batch, anchors, tokens = (int(v) for v in torch.randint(0, 9, (3,), generator=gen))
     logits = torch.randn(batch, anchors, tokens, generator=gen, dtype=torch.float64) * 4
     targets = (torch.rand(batch, anchors, tokens, generator=gen) < 0.2).double()
     text_mask = (torch.rand(batch, tokens, generator=gen) < 0.7).long() if seed % 2 else None
-    (x_ref,), (x_new,) = leaves(logits), leaves(logits)
+    (x_ref,), (x_new,) = leaves(logits), leaves(logits.to(device))
     expected = pytorch("token_sigmoid_focal_loss")(x_ref, targets, alpha, gamma, text_mask)
-    result = compiled("token_sigmoid_focal_loss")(x_new, targets, alpha, gamma, text_mask)
+    on_device = (targets.to(device), alpha, gamma, None if text_mask is None else text_mask.to(device))
+    result = compiled("token_sigmoid_focal_loss")(x_new, *on_device)
     assert result.shape == expected.shape
-    torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(result.cpu(), expected, rtol=1e-12, atol=1e-14)
     with torch.no_grad():  # loss only: the kernel skips the derivative
-        torch.testing.assert_close(compiled("token_sigmoid_focal_loss")(x_new, targets, alpha, gamma, text_mask),
+        torch.testing.assert_close(compiled("token_sigmoid_focal_loss")(x_new, *on_device).cpu(),
                                    expected.detach(), rtol=1e-12, atol=1e-14)
     grad_out = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
     expected.backward(grad_out)
-    result.backward(grad_out)
-    torch.testing.assert_close(x_new.grad, x_ref.grad, rtol=1e-11, atol=1e-14)
+    result.backward(grad_out.to(device))
+    torch.testing.assert_close(x_new.grad.cpu(), x_ref.grad, rtol=1e-11, atol=1e-14)
 
 
 def test_token_focal_loss_float32_saturated_logits():
@@ -228,21 +252,23 @@ def torchvision_deform_conv(image, offset, mask, weight, bias, stride, padding, 
     return torchvision.ops.deform_conv2d(image, offset, weight, bias, stride, padding, dilation, mask)
 
 
-def run_with_grads(function, tensors, options, grad_seed):
-    inputs = [None if t is None else t.detach().clone().requires_grad_(True) for t in tensors]
+def run_with_grads(function, tensors, options, grad_seed, device="cpu"):
+    """Output and input gradients of `function` run on `device`, both returned on the CPU."""
+    inputs = [None if t is None else t.detach().to(device).requires_grad_(True) for t in tensors]
     output = function(*inputs, **options)
     grad_out = torch.randn(output.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=output.dtype)
-    output.backward(grad_out)
-    return output, [None if t is None else t.grad for t in inputs]
+    output.backward(grad_out.to(device))
+    return output.detach().cpu(), [None if t is None else t.grad.cpu() for t in inputs]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", range(10))
-def test_modulated_deform_conv_equals_torchvision_reference(seed):
+def test_modulated_deform_conv_equals_torchvision_reference(seed, device):
     """Random groups, deformable groups, strides, paddings, dilations, kernel sizes, batch 0 and offset grids."""
     gen = torch.Generator().manual_seed(seed)
     tensors, options = deform_case(gen)
     expected, expected_grads = run_with_grads(torchvision_deform_conv, tensors, options, seed)
-    result, grads = run_with_grads(compiled("modulated_deform_conv"), tensors, options, seed)
+    result, grads = run_with_grads(compiled("modulated_deform_conv"), tensors, options, seed, device)
     assert result.shape == expected.shape
     torch.testing.assert_close(result, expected, rtol=1e-10, atol=1e-10)
     for name, grad, expected_grad in zip(("input", "offset", "mask", "weight", "bias"), grads, expected_grads):
@@ -325,8 +351,9 @@ def test_default_dispatch_table_and_modes():
             assert _ops.implementation(op, "cpu") == "compiled"
         with _ops.use_implementation("pytorch"):
             assert _ops.implementation(op, "cpu") == "pytorch"
-        with reference_mode():  # the reference path is the PyTorch one
-            assert _ops.implementation(op, "cpu") == "pytorch"
+        # The reference execution plan passes compiled=False: the PyTorch implementation.
+        assert _ops.implementation(op, "cpu", compiled=False) == "pytorch"
+    assert _ops.COMPILED_BY_DEFAULT["cuda"] == {"ml_nms", "modulated_deform_conv", "token_sigmoid_focal_loss"}
 
 
 @pytest.mark.parametrize(

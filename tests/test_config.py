@@ -284,7 +284,8 @@ def test_placeholder_keys_of_unbuilt_heads_are_accepted():
 def test_port_keys_exist_with_their_defaults():
     assert PORT_KEYS == ("MODEL.LANGUAGE_BACKBONE.MODEL_PATH", "MODEL.LANGUAGE_BACKBONE.TOKENIZER_PATH",
                          "MODEL.DYHEAD.FUSE_CONFIG.ATTN_DROPOUT", "MODEL.DYHEAD.FUSE_CONFIG.ATTN_EMBED_DIM",
-                         "MODEL.DYHEAD.FUSE_CONFIG.ATTN_NUM_HEADS", "SOLVER.LOG_PERIOD",
+                         "MODEL.DYHEAD.FUSE_CONFIG.ATTN_NUM_HEADS", "MODEL.EXECUTION_PLAN", "SOLVER.AMP_DTYPE",
+                         "SOLVER.LOG_PERIOD",
                          "SOLVER.KEEP_LAST_CHECKPOINTS", "SOLVER.SKIP_NONFINITE_STEPS", "SOLVER.DDP_TIMEOUT_MINUTES",
                          "TEST.AFTER_TRAINING", "TEST.EVAL_PERIOD", "MODEL.ALLOW_MISSING_WEIGHTS")
     assert cfg.MODEL.ALLOW_MISSING_WEIGHTS is False

@@ -1,4 +1,6 @@
-"""The optimised default path against the reference path (`reference_mode()`): same outputs, losses and grads."""
+"""The cpu and accelerator execution plans against the reference plan: same outputs, losses and gradients; plan
+selection per device; float16 autocast on every plan."""
+import logging
 import math
 
 import pytest
@@ -6,8 +8,10 @@ import torch
 from torchvision.ops import deform_conv2d
 
 from conftest import small_raw_cfg
-from maskrcnn_benchmark.layers import fast_path_enabled, reference_mode
+from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.layers.deform_conv import modulated_deform_conv
+from maskrcnn_benchmark.layers.execution_plan import (ACCELERATOR_PLAN, CPU_PLAN, REFERENCE_PLAN,
+                                                      apply_execution_plan, resolve_plan)
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.modeling.rpn import fusion
@@ -22,22 +26,53 @@ TOL = dict(atol=1e-4, rtol=1e-4)
 SHORT_CAPTION = "a man riding a red bicycle next to a dog."
 
 
-def test_reference_mode_switch_nests_and_restores():
-    assert fast_path_enabled()
-    with reference_mode():
-        assert not fast_path_enabled()
-        with reference_mode(False):
-            assert fast_path_enabled()
-        assert not fast_path_enabled()
-    assert fast_path_enabled()
+FAST_PLANS = ["cpu", "accelerator"]
+
+
+@pytest.fixture(params=FAST_PLANS)
+def plan(request):
+    """Each plan that is checked against the reference plan."""
+    return request.param
+
+
+# ---- plan selection -----------------------------------------------------------------------------------------
+
+def test_auto_plan_follows_the_device_type_and_explicit_plans_stay():
+    cfg = small_cfg().clone()
+    cfg.defrost()
+    model = build_detection_model(cfg)
+    assert model.execution_plan is CPU_PLAN
+    assert model.backbone.body.layers[0].blocks[0].attn.execution_plan is CPU_PLAN
+    model.to("meta")  # any other device type than the CPU takes the accelerator plan, submodules included
+    assert model.execution_plan is ACCELERATOR_PLAN
+    assert all(m.execution_plan is ACCELERATOR_PLAN for m in model.modules() if hasattr(m, "execution_plan"))
+    cfg.MODEL.EXECUTION_PLAN = "reference"
+    pinned = build_detection_model(cfg).to("meta")
+    assert pinned.execution_plan is REFERENCE_PLAN
+    pinned.set_execution_plan("cpu")
+    assert pinned.to("meta").rpn.head.dyhead_tower[0].b_attn.attn.execution_plan is CPU_PLAN
+
+
+def test_unknown_plan_is_refused_with_the_key():
+    with pytest.raises(ValueError, match="MODEL.EXECUTION_PLAN = 'fast'.*auto, cpu, accelerator, reference"):
+        resolve_plan("fast", "cpu")
+    cfg = get_cfg_defaults()
+    assert cfg.MODEL.EXECUTION_PLAN == "auto" and cfg.SOLVER.AMP_DTYPE == ""
+
+
+def test_plan_description_names_every_choice():
+    line = ACCELERATOR_PLAN.describe()
+    assert line.startswith("accelerator (fusion=sdpa, chunked_inference=False, recompute_backbone=False")
+    assert "compiled_kernels=True" in line
 
 
 # ---- fusion attention ---------------------------------------------------------------------------------------
 
-def _both_paths(module, *inputs):
+def _both_paths(module, *inputs, plan="cpu"):
+    apply_execution_plan(module, plan)
     fast = module(*inputs)
-    with reference_mode():
-        reference = module(*inputs)
+    apply_execution_plan(module, "reference")
+    reference = module(*inputs)
     return fast, reference
 
 
@@ -63,7 +98,7 @@ def grad_mode(request, monkeypatch):
 
 
 @pytest.mark.parametrize("mask_rows", [None, [5, 3], [0, 4]])
-def test_bi_attention_paths_agree(mask_rows, grad_mode):
+def test_bi_attention_paths_agree(mask_rows, grad_mode, plan):
     torch.manual_seed(0)
     attn = _with_random_biases(BiMultiHeadAttention(16, 24, 32, 4, dropout=0.0, clamp_min_for_underflow=True,
                                                     clamp_max_for_overflow=True).eval())
@@ -71,12 +106,13 @@ def test_bi_attention_paths_agree(mask_rows, grad_mode):
     mask = None
     if mask_rows is not None:  # real tokens per caption; [0, ...]: a caption without any real token
         mask = (torch.arange(5)[None] < torch.tensor(mask_rows)[:, None]).long()
-    fast, reference = _both_paths(attn, v, l, mask)
+    fast, reference = _both_paths(attn, v, l, mask, plan=plan)
     torch.testing.assert_close(fast[0], reference[0], **TOL)
     torch.testing.assert_close(fast[1], reference[1], **TOL)
 
 
 def test_bi_attention_paths_agree_when_the_clamps_bind(grad_mode):
+    """The cpu plan keeps the official +-50000 clamps (the accelerator plan's fused kernels do not clamp)."""
     torch.manual_seed(0)
     attn = _with_random_biases(BiMultiHeadAttention(8, 8, 16, 2, dropout=0.0, clamp_min_for_underflow=True,
                                                     clamp_max_for_overflow=True).eval())
@@ -92,7 +128,7 @@ def test_bi_attention_paths_agree_when_the_clamps_bind(grad_mode):
     torch.testing.assert_close(fast[1], reference[1], atol=1e-3, rtol=1e-4)
 
 
-def test_bi_attention_gradients_agree():
+def test_bi_attention_gradients_agree(plan):
     torch.manual_seed(0)
     attn = BiMultiHeadAttention(16, 24, 32, 4, dropout=0.0, clamp_min_for_underflow=True,
                                 clamp_max_for_overflow=True).train()
@@ -106,17 +142,20 @@ def test_bi_attention_gradients_agree():
         (delta_v.square().sum() + (delta_l * mask[..., None]).square().sum()).backward()
         return [v.grad, l.grad] + [p.grad for p in attn.parameters()]
 
+    apply_execution_plan(attn, plan)
     fast = grads()
-    with reference_mode():
-        reference = grads()
+    apply_execution_plan(attn, "reference")
+    reference = grads()
     for a, b in zip(fast, reference):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_bi_attention_dropout_keeps_the_expected_value():
-    """With dropout the folded language side rescales the value bias by the kept probability mass."""
+def test_bi_attention_dropout_keeps_the_expected_value(plan):
+    """With dropout the folded language side rescales the value bias by the kept probability mass; the fused
+    kernels drop attention weights like the reference."""
     torch.manual_seed(0)
     attn = BiMultiHeadAttention(8, 8, 16, 2, dropout=0.5).train()
+    apply_execution_plan(attn, plan)
     with torch.no_grad():
         attn.values_v_proj.bias.fill_(3.0)
     v, l = torch.randn(1, 50, 8), torch.randn(1, 4, 8)
@@ -139,15 +178,15 @@ def test_deform_conv_paths_agree(stride, offset_hw):
     bias = torch.randn(4, requires_grad=True)
     inputs = (image, offset, mask, weight, bias)
 
-    def run():
-        out = modulated_deform_conv(*inputs, stride=stride, padding=1)
+    def run(sampling):
+        options = dict(stride=stride, padding=1, sampling=sampling, compiled=False)  # the PyTorch variants
+        out = modulated_deform_conv(*inputs, **options)
         grads = torch.autograd.grad(out.square().sum(), inputs)
         with torch.no_grad():
-            return [out, modulated_deform_conv(*inputs, stride=stride, padding=1), *grads]
+            return [out, modulated_deform_conv(*inputs, **options), *grads]
 
-    fast = run()
-    with reference_mode():
-        reference = run()
+    fast = run(True)
+    reference = run(False)
     for a, b in zip(fast, reference):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     if offset_hw == (6, 7):
@@ -155,12 +194,12 @@ def test_deform_conv_paths_agree(stride, offset_hw):
         torch.testing.assert_close(fast[1], direct, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("path", ["fast", "reference"])
-def test_deform_conv_empty_batch_with_offsets_from_a_finer_grid(path):
+@pytest.mark.parametrize("sampling", [True, False])
+def test_deform_conv_empty_batch_with_offsets_from_a_finer_grid(sampling):
     """An empty batch takes the per-sample-prefix addressing like any other (the shape check needs no sample)."""
-    with reference_mode(path == "reference"), torch.no_grad():
+    with torch.no_grad():
         out = modulated_deform_conv(torch.randn(0, 4, 5, 6), torch.randn(0, 18, 7, 8), torch.rand(0, 9, 7, 8),
-                                    torch.randn(3, 4, 3, 3), None, padding=1)
+                                    torch.randn(3, 4, 3, 3), None, padding=1, sampling=sampling, compiled=False)
     assert out.shape == (0, 3, 5, 6)
 
 
@@ -199,7 +238,7 @@ def _record_head_outputs(model):
     ([(100, 70), (64, 160)], ["coco", SHORT_CAPTION]),
     ([(64, 64), (90, 90), (128, 96)], [SHORT_CAPTION, SHORT_CAPTION, SHORT_CAPTION]),
 ])
-def test_eval_paths_agree(small_model, small_case, sizes, captions):
+def test_eval_paths_agree(small_model, small_case, sizes, captions, plan):
     given = small_case["inputs"]["eval"]
     positive_map = given["positive_map_label_to_token"] if "coco" in captions else {1: [1, 2], 2: [5, 6, 7], 3: [10]}
     captions = [given["captions"][0] if c == "coco" else c for c in captions]
@@ -208,11 +247,13 @@ def test_eval_paths_agree(small_model, small_case, sizes, captions):
     records, handle = _record_head_outputs(small_model)
     try:
         with torch.no_grad():
+            small_model.set_execution_plan(plan)
             fast = small_model(images, captions=captions, positive_map=positive_map)
-            with reference_mode():
-                reference = small_model(images, captions=captions, positive_map=positive_map)
+            small_model.set_execution_plan("reference")
+            reference = small_model(images, captions=captions, positive_map=positive_map)
     finally:
         handle.remove()
+        small_model.set_execution_plan("cpu")
     fast_head, reference_head = records
     num_tokens = fast_head.dot_product_logits[0].shape[-1]
     assert reference_head.dot_product_logits[0].shape[-1] == 256
@@ -239,7 +280,7 @@ def _train_step(model, images, targets, captions, positive_map):
 
 
 @pytest.mark.parametrize("sizes", [[(96, 128)], [(100, 70), (64, 160)]])
-def test_train_losses_and_gradients_agree(small_model, small_case, sizes):
+def test_train_losses_and_gradients_agree(small_model, small_case, sizes, plan):
     given = small_case["inputs"]["train"]
     images = _random_images(sizes, seed=10 + len(sizes))
     targets, rows = [], []
@@ -253,9 +294,11 @@ def test_train_losses_and_gradients_agree(small_model, small_case, sizes):
     positive_map = given["positive_map"][:3 * len(sizes)].clone()
     captions = given["captions"][::-1][:len(sizes)]
     small_model.train()
+    small_model.set_execution_plan(plan)
     fast_losses, fast_grads = _train_step(small_model, images, targets, captions, positive_map)
-    with reference_mode():
-        reference_losses, reference_grads = _train_step(small_model, images, targets, captions, positive_map)
+    small_model.set_execution_plan("reference")
+    reference_losses, reference_grads = _train_step(small_model, images, targets, captions, positive_map)
+    small_model.set_execution_plan("cpu")
     for name, value in reference_losses.items():
         assert math.isclose(fast_losses[name], value, rel_tol=1e-4, abs_tol=1e-6), name
     assert fast_grads.keys() == reference_grads.keys()
@@ -284,7 +327,7 @@ def test_no_object_target_only_when_its_token_is_kept():
 
 
 def test_checkpointed_tower_gives_the_same_gradients(small_case, small_state_dict):
-    """With USE_CHECKPOINT the fast path also recomputes DyConv in backward: values and gradients unchanged."""
+    """With USE_CHECKPOINT the cpu plan also recomputes DyConv in backward: values and gradients unchanged."""
     from test_vldyhead import head_inputs, small_head
 
     def step(use_checkpoint):
@@ -298,3 +341,81 @@ def test_checkpointed_tower_gives_the_same_gradients(small_case, small_state_dic
 
     for a, b in zip(step(True), step(False)):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+# ---- float16 autocast ---------------------------------------------------------------------------------------
+
+@pytest.fixture(params=["cpu", "accelerator", "reference"])
+def golden_model_on_plan(request, small_model):
+    """The small golden model on each plan, in eval mode; back to the cpu plan afterwards."""
+    small_model.set_execution_plan(request.param)
+    yield small_model
+    small_model.set_execution_plan("cpu")
+
+
+def test_float16_autocast_eval_scores_stay_close_to_float32(golden_model_on_plan, small_case):
+    """The official -9e15 padding score does not exist in float16: every plan must still run and give the
+    float32 detections within 0.02 (measured: 5e-4)."""
+    from test_model_golden import _eval_forward
+
+    fp32 = _eval_forward(golden_model_on_plan, small_case)
+    with torch.autocast("cpu", dtype=torch.float16):
+        fp16 = _eval_forward(golden_model_on_plan, small_case)
+    for a, b in zip(fp32, fp16):
+        assert len(a) == len(b)
+        scores_a = a.get_field("scores").sort(descending=True).values
+        scores_b = b.get_field("scores").float().sort(descending=True).values
+        assert torch.isfinite(scores_b).all()
+        assert float((scores_a - scores_b).abs().max()) < 0.02
+
+
+def test_float16_autocast_training_step_is_finite_and_close(golden_model_on_plan, small_case):
+    from test_model_golden import _image_list, _train_targets
+
+    model = golden_model_on_plan.train()
+    given = small_case["inputs"]["train"]
+    results = []
+    for enabled in (False, True):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.float16, enabled=enabled):
+            losses = model(_image_list(small_case), targets=_train_targets(small_case), captions=given["captions"],
+                           positive_map=given["positive_map"].clone())
+        sum(losses.values()).backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        results.append({name: float(value) for name, value in losses.items()})
+    model.eval()
+    fp32, fp16 = results
+    for name, value in fp32.items():
+        assert math.isfinite(fp16[name])
+        assert abs(fp16[name] - value) <= 0.02 * abs(value) + 1e-6, (name, fp16[name], value)
+
+
+@pytest.mark.parametrize("plan_name", ["cpu", "accelerator", "reference"])
+def test_float16_fusion_with_a_caption_without_real_tokens(plan_name):
+    """Padding in float16 takes the dtype's lowest finite score: a caption whose tokens are all padding gives
+    finite weights instead of NaN (uniform ones, as float32 with the official -9e15, except in the fused kernels,
+    where the scores still order them); the other captions keep their float32 values."""
+    torch.manual_seed(0)
+    attn = BiMultiHeadAttention(16, 24, 32, 4, dropout=0.0, clamp_min_for_underflow=True,
+                                clamp_max_for_overflow=True).eval()
+    apply_execution_plan(attn, plan_name)
+    v, l = torch.randn(2, 37, 16), torch.randn(2, 5, 24)
+    mask = torch.tensor([[0, 0, 0, 0, 0], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        expected = attn(v, l, mask)
+        with torch.autocast("cpu", dtype=torch.float16):
+            got = attn(v, l, mask)
+    compared = slice(None) if plan_name != "accelerator" else slice(1, None)
+    for a, b in zip(got, expected):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a[compared].float(), b[compared], atol=2e-2, rtol=2e-2)
+
+
+def test_plan_is_logged_by_the_trainer_model_builder(caplog):
+    from maskrcnn_benchmark.engine.trainer import log_execution_plan
+
+    model = build_detection_model(small_cfg())
+    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.trainer"):
+        log_execution_plan(model)
+    assert "Execution plan: cpu (fusion=folded" in caplog.text

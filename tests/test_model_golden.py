@@ -69,8 +69,19 @@ def test_state_dict_of_full_glip_t_matches_official():
     assert sum(p.numel() for p in model.parameters()) == 231_780_222
 
 
-def test_eval_predictions_match_official(small_model, small_case):
-    detections = _eval_forward(small_model, small_case)
+PLANS = ["cpu", "accelerator", "reference"]
+
+
+@pytest.fixture(params=PLANS)
+def planned_model(request, small_model):
+    """The small golden model on each execution plan (all three run on the CPU); back to "cpu" afterwards."""
+    small_model.set_execution_plan(request.param)
+    yield small_model
+    small_model.set_execution_plan("cpu")
+
+
+def test_eval_predictions_match_official(planned_model, small_case):
+    detections = _eval_forward(planned_model, small_case)
     expected = small_case["eval"]["predictions"]
     assert len(detections) == len(expected)
     for got, exp in zip(detections, expected):
@@ -128,7 +139,8 @@ def _train_targets(case):
     return targets
 
 
-def test_train_losses_and_gradients_match_official(small_model, small_case):
+def test_train_losses_and_gradients_match_official(planned_model, small_case):
+    small_model = planned_model
     small_model.train()
     small_model.zero_grad(set_to_none=True)
     given = small_case["inputs"]["train"]

@@ -25,10 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from maskrcnn_benchmark.config import get_cfg_defaults  # noqa: E402
 from maskrcnn_benchmark.config.paths_catalog import try_to_find  # noqa: E402
 from maskrcnn_benchmark.data import make_data_loader  # noqa: E402
-from maskrcnn_benchmark.engine.trainer import do_train, evaluate_model  # noqa: E402
+from maskrcnn_benchmark.engine.trainer import do_train, evaluate_model, log_execution_plan  # noqa: E402
 from maskrcnn_benchmark.modeling.detector import build_detection_model  # noqa: E402
 from maskrcnn_benchmark.solver import make_lr_scheduler, make_optimizer  # noqa: E402
-from maskrcnn_benchmark.utils.amp import make_grad_scaler  # noqa: E402
+from maskrcnn_benchmark.utils.amp import amp_dtype, make_grad_scaler  # noqa: E402
 from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer  # noqa: E402
 from maskrcnn_benchmark.utils.comm import get_local_rank, get_rank, get_world_size, synchronize  # noqa: E402
 from maskrcnn_benchmark.utils.device import init_distributed, resolve_device, set_current_device  # noqa: E402
@@ -107,6 +107,7 @@ def train(cfg, device: torch.device, distributed: bool, use_tensorboard: bool = 
     logger = logging.getLogger("maskrcnn_benchmark.trainer")
     model = build_detection_model(cfg)
     model.to(device)
+    log_execution_plan(model)
     if cfg.SOLVER.GRAD_CLIP > 0:
         logger.warning("SOLVER.GRAD_CLIP has no effect (officially its hooks are never registered); "
                        "use SOLVER.CLIP_GRADIENTS.")
@@ -117,7 +118,7 @@ def train(cfg, device: torch.device, distributed: bool, use_tensorboard: bool = 
         logger.info("%d iterations (%d per epoch)", max_iter, max_iter // cfg.SOLVER.MAX_EPOCH)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_lr_scheduler(cfg, optimizer, max_iter)
-    scaler = make_grad_scaler(device.type, cfg.SOLVER.USE_AMP)
+    scaler = make_grad_scaler(device.type, cfg.SOLVER.USE_AMP, amp_dtype(device.type, cfg.SOLVER.AMP_DTYPE))
     checkpointer = DetectronCheckpointer(cfg, model, optimizer, scheduler, cfg.OUTPUT_DIR,
                                          save_to_disk=get_rank() == 0, scaler=scaler,
                                          keep_last=cfg.SOLVER.KEEP_LAST_CHECKPOINTS)

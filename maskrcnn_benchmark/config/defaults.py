@@ -317,6 +317,14 @@ _C.MODEL.DYHEAD.FUSE_CONFIG.ATTN_DROPOUT = 0.1
 _C.MODEL.DYHEAD.FUSE_CONFIG.ATTN_EMBED_DIM = 2048
 # Number of heads of the fusion attention (the official code hard-codes 8).
 _C.MODEL.DYHEAD.FUSE_CONFIG.ATTN_NUM_HEADS = 8
+# How the model computes (layers/execution_plan.py): "auto" (the "cpu" plan on the CPU, "accelerator" on CUDA and
+# NPU, chosen again when the model moves to another device type), "cpu", "accelerator" or "reference" (the
+# official computation step by step, to check the others against).
+_C.MODEL.EXECUTION_PLAN = "auto"
+# Autocast dtype of SOLVER.USE_AMP: "" = float16 with the loss scaler on CUDA and NPU, bfloat16 on the CPU;
+# "float16" (always with the loss scaler) or "bfloat16" (never) to choose. Ampere and Hopper GPUs run bfloat16
+# as fast as float16 without loss scaling.
+_C.SOLVER.AMP_DTYPE = ""
 # Training loop: log every LOG_PERIOD iterations (hard-coded 20 officially); keep only the newest
 # KEEP_LAST_CHECKPOINTS periodic checkpoints (0 = keep all); skip steps whose loss is NaN/Inf instead of stopping.
 _C.SOLVER.LOG_PERIOD = 20
@@ -342,6 +350,8 @@ PORT_KEYS = (
     "MODEL.DYHEAD.FUSE_CONFIG.ATTN_DROPOUT",
     "MODEL.DYHEAD.FUSE_CONFIG.ATTN_EMBED_DIM",
     "MODEL.DYHEAD.FUSE_CONFIG.ATTN_NUM_HEADS",
+    "MODEL.EXECUTION_PLAN",
+    "SOLVER.AMP_DTYPE",
     "SOLVER.LOG_PERIOD",
     "SOLVER.KEEP_LAST_CHECKPOINTS",
     "SOLVER.SKIP_NONFINITE_STEPS",

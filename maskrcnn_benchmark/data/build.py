@@ -159,6 +159,11 @@ def _images_per_process(images_per_batch: int, num_processes: int, key: str) -> 
     return images_per_batch // num_processes
 
 
+def _pins_memory(device: str) -> bool:
+    """Whether batches for MODEL.DEVICE `device` go to page-locked memory: for CUDA devices, when CUDA is there."""
+    return str(device).startswith("cuda") and torch.cuda.is_available()
+
+
 def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, num_replicas: Optional[int] = None,
                      rank: Optional[int] = None, start_iter: int = 0) -> Union[DataLoader, List[DataLoader]]:
     """The training DataLoader (is_train), or one test DataLoader per name in DATASETS.TEST.
@@ -187,6 +192,8 @@ def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, n
                                     use_random_seed=cfg.DATALOADER.USE_RANDOM_SEED)
         batch_sampler = make_batch_data_sampler(dataset, sampler, aspect_grouping, images_per_process, num_iters,
                                                 start_iter, drop_last=is_train)
-        loaders.append(DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collator,
-                                  num_workers=cfg.DATALOADER.NUM_WORKERS))
+        workers = cfg.DATALOADER.NUM_WORKERS
+        # Pinned batches copy to a GPU asynchronously; persistent workers are not restarted at each pass.
+        loaders.append(DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collator, num_workers=workers,
+                                  pin_memory=_pins_memory(cfg.MODEL.DEVICE), persistent_workers=workers > 0))
     return loaders[0] if is_train else loaders

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from maskrcnn_benchmark.layers.deform_conv import NonFiniteOffsetError
-from maskrcnn_benchmark.utils.amp import autocast
+from maskrcnn_benchmark.utils.amp import amp_dtype, autocast
 from maskrcnn_benchmark.utils.comm import all_gather, any_rank, broadcast_object, get_rank, is_main_process, \
     reduce_dict
 from maskrcnn_benchmark.utils.device import peak_memory_mb
@@ -44,24 +44,70 @@ def too_many_negatives(targets: Sequence, max_negative_share: float, device: tor
     return any_rank(local, device)
 
 
-def forward_losses(model: nn.Module, batch: Any, device: torch.device, use_amp: bool) -> Dict[str, torch.Tensor]:
-    """The model's loss dict for one collated batch, under autocast when `use_amp`."""
-    images = batch.images.to(device)
+def log_execution_plan(model: nn.Module) -> None:
+    """Log the execution plan the model computes with (layers/execution_plan.py)."""
+    plan = unwrap_model(model).execution_plan
+    logger.info("Execution plan: %s", plan.describe())
+
+
+def forward_losses(model: nn.Module, batch: Any, device: torch.device, use_amp: bool,
+                   dtype: torch.dtype | None = None) -> Dict[str, torch.Tensor]:
+    """The model's loss dict for one collated batch, under autocast to `dtype` (default: the device's AMP dtype)
+    when `use_amp`."""
+    # Asynchronous copies: the loader pins its batches for accelerators (DataLoader pin_memory).
+    images = batch.images.to(device, non_blocking=True)
     tokenized = batch.tokenized
     if tokenized is not None:
-        tokenized = {name: value.to(device) for name, value in tokenized.items()}
-    with autocast(device.type, enabled=use_amp):
+        tokenized = {name: value.to(device, non_blocking=True) for name, value in tokenized.items()}
+    with autocast(device.type, enabled=use_amp, dtype=dtype):
         loss_dict = model(images, list(batch.targets), captions=batch.captions, positive_map=batch.positive_map,
                           greenlight_map=batch.greenlight_map, tokenized=tokenized)
     return {name: loss.float() for name, loss in loss_dict.items()}
 
 
-def gradient_norm(optimizer: torch.optim.Optimizer) -> float:
-    """L2 norm of all gradients of the optimized parameters (NaN/inf when any gradient is non-finite)."""
+def gradient_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """L2 norm of all gradients of the optimized parameters, a 0-dim tensor left on their device (NaN/inf when any
+    gradient is non-finite)."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if not grads:
-        return 0.0
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def _scaling(scaler: Optional[torch.amp.GradScaler]) -> bool:
+    return scaler is not None and scaler.is_enabled()
+
+
+def backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+             scaler: Optional[torch.amp.GradScaler] = None) -> torch.Tensor:
+    """Fresh gradients of `loss`; returns the gradient norm to check before `apply_step` (without reading it).
+
+    With an enabled loss scaler the gradients are unscaled here, so that the clipping inside the optimizer step
+    sees the true ones (also with fused AdamW, which would otherwise unscale inside its kernel); the scaler
+    checks them itself, and the returned norm is 0.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if _scaling(scaler):
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        return torch.zeros((), device=loss.device)
+    loss.backward()
+    return gradient_norm(optimizer)
+
+
+def apply_step(optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler] = None) -> None:
+    """The optimizer step after `backward` (through the scaler, which skips it when the gradients overflowed)."""
+    if _scaling(scaler):
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+def drop_step(scaler: Optional[torch.amp.GradScaler] = None) -> None:
+    """Close a step that `backward` began but that is not applied (the scaler lowers its scale)."""
+    if _scaling(scaler):
+        scaler.update()
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -71,16 +117,11 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
     With an enabled loss scaler, the scaler itself skips steps whose scaled gradients overflowed (that is
     normal float16 behaviour and returns 0.0 here).
     """
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return 0.0
-    loss.backward()
-    norm = gradient_norm(optimizer)
+    norm = float(backward(loss, optimizer, scaler))
     if math.isfinite(norm):
-        optimizer.step()
+        apply_step(optimizer, scaler)
+    else:
+        drop_step(scaler)
     return norm
 
 
@@ -293,7 +334,9 @@ def train_step(cfg, model: nn.Module, batch: Any, optimizer: torch.optim.Optimiz
                meters: MetricLogger, iteration: int) -> None:
     """Forward, non-finite checks, backward, optimizer/scheduler/EMA step and loss bookkeeping for one batch."""
     try:
-        loss_dict, offset_error = forward_losses(model, batch, device, cfg.SOLVER.USE_AMP), None
+        loss_dict = forward_losses(model, batch, device, cfg.SOLVER.USE_AMP,
+                                   amp_dtype(device.type, cfg.SOLVER.AMP_DTYPE))
+        offset_error = None
     except NonFiniteOffsetError as error:
         loss_dict, offset_error = None, error
     # Every process learns of it (one flag, exchanged only under DDP), so that all skip or stop this step.
@@ -303,19 +346,23 @@ def train_step(cfg, model: nn.Module, batch: Any, optimizer: torch.optim.Optimiz
         return
     reduced = reduce_loss_dict(loss_dict)
     total = sum(reduced.values())
-    # One device-to-host copy for every logged value (each .item() would wait for the device on its own).
-    total_value, *loss_values = torch.stack([total, *reduced.values()]).tolist()
+    norm = backward(sum(loss_dict.values()), optimizer, scaler)
+    # The step's one device-to-host copy: every logged value and the gradient norm together (each .item() would
+    # wait for the device on its own). A non-finite loss is found after its backward pass, which is then dropped.
+    total_value, *loss_values, norm_value = torch.stack([total, *reduced.values(), norm.to(total)]).tolist()
     losses = dict(zip(reduced, loss_values))
     if not math.isfinite(total_value):
+        drop_step(scaler)
         handle_nonfinite(cfg, nonfinite_message(iteration, {**losses, "loss": total_value}), optimizer, scheduler,
                          arguments)
         return
-    norm = optimizer_step(sum(loss_dict.values()), optimizer, scaler)
-    if not math.isfinite(norm):
+    if not math.isfinite(norm_value):
         # A non-finite gradient with a finite loss would turn every weight into NaN through the update.
+        drop_step(scaler)
         message = nonfinite_message(iteration, {**losses, "loss": total_value}, what="gradient")
-        handle_nonfinite(cfg, f"{message}, gradient norm = {norm}", optimizer, scheduler, arguments)
+        handle_nonfinite(cfg, f"{message}, gradient norm = {norm_value}", optimizer, scheduler, arguments)
         return
+    apply_step(optimizer, scaler)
     scheduler.step()
     if model_ema is not None:
         model_ema.update(model)

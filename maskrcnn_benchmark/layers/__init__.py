@@ -1,5 +1,5 @@
 """Layers and ops of the port, on plain PyTorch/torchvision."""
-from .fast_path import fast_path_enabled, reference_mode
+from .execution_plan import ACCELERATOR_PLAN, CPU_PLAN, REFERENCE_PLAN, ExecutionPlan, apply_execution_plan
 from .iou_loss import IOULoss, box_giou_loss
 from .misc import Scale
 from .nms import ml_nms, nms
@@ -11,15 +11,18 @@ from .sigmoid_focal_loss import (
 )
 
 __all__ = [
+    "ACCELERATOR_PLAN",
+    "CPU_PLAN",
+    "ExecutionPlan",
+    "REFERENCE_PLAN",
     "IOULoss",
     "Scale",
     "SigmoidFocalLoss",
     "TokenSigmoidFocalLoss",
     "box_giou_loss",
-    "fast_path_enabled",
+    "apply_execution_plan",
     "ml_nms",
     "nms",
-    "reference_mode",
     "sigmoid_focal_loss",
     "token_sigmoid_binary_focal_loss",
 ]

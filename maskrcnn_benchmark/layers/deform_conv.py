@@ -1,8 +1,8 @@
 """Modulated deformable convolution (DCNv2) with the official kernel's semantics.
 
-Reference path: torchvision.ops.deform_conv2d. Fast path: inference samples the input with one grid_sample and
-multiplies per tap; training keeps torchvision's forward and replaces its slow CPU backward by a sampling-based
-one (see _DeformConvFunction).
+Two PyTorch variants: torchvision.ops.deform_conv2d (reference and accelerator plans), and the sampling variant
+(CPU plan): inference samples the input with one grid_sample and multiplies per tap; training keeps torchvision's
+forward and replaces its slow CPU backward by a sampling-based one (see _DeformConvFunction).
 """
 import math
 import weakref
@@ -15,10 +15,10 @@ from torchvision.ops import deform_conv2d
 
 from ._ops import dispatchable
 from .conv_geometry import conv_output_size, per_sample_prefix
-from .fast_path import fast_path_enabled
+from .execution_plan import UsesExecutionPlan
 
 
-@dispatchable("modulated_deform_conv")
+@dispatchable("modulated_deform_conv", pytorch_options=("sampling",))
 def modulated_deform_conv(
     input: Tensor,
     offset: Tensor,
@@ -28,14 +28,18 @@ def modulated_deform_conv(
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
+    sampling: bool = True,
 ) -> Tensor:
-    """Modulated deformable conv with the official kernel's raw per-sample offset/mask addressing."""
+    """Modulated deformable conv with the official kernel's raw per-sample offset/mask addressing.
+
+    `sampling` selects the grid_sample-based variant (faster on the CPU) over torchvision's kernels.
+    """
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     out_h = conv_output_size(input.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
     out_w = conv_output_size(input.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
     offset = per_sample_prefix(offset, out_h, out_w)
     mask = per_sample_prefix(mask, out_h, out_w)
-    conv = _fast_deform_conv if fast_path_enabled() else _torchvision_deform_conv
+    conv = _sampling_deform_conv if sampling else _torchvision_deform_conv
     if torch.is_autocast_enabled(input.device.type):
         # The official op is decorated with custom_fwd(cast_inputs=float32): it always runs in fp32.
         with torch.autocast(device_type=input.device.type, enabled=False):
@@ -180,7 +184,7 @@ class _DeformConvFunction(torch.autograd.Function):
         return grad_input, grad_offset, grad_mask.view_as(mask), grad_weight, grad_bias, None, None, None
 
 
-def _fast_deform_conv(input, offset, mask, weight, bias, stride, padding, dilation) -> Tensor:
+def _sampling_deform_conv(input, offset, mask, weight, bias, stride, padding, dilation) -> Tensor:
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, offset, mask, weight, bias)):
         return _DeformConvFunction.apply(input, offset, mask, weight, bias, stride, padding, dilation)
     return _sampled_deform_conv(input, offset, mask, weight, bias, stride, padding, dilation)
@@ -239,7 +243,7 @@ def _offset_report(offset: Tensor, layer: nn.Module | None) -> str:
     )
 
 
-class ModulatedDeformConv(nn.Module):
+class ModulatedDeformConv(UsesExecutionPlan, nn.Module):
     """DCNv2 layer whose offsets (2*K channels, (dy, dx) per tap) and mask (K channels) are given by the caller."""
 
     def __init__(
@@ -275,8 +279,10 @@ class ModulatedDeformConv(nn.Module):
     def forward(self, input: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
         """Convolve `input` sampling at the kernel taps shifted by `offset`, each weighted by `mask`."""
         check_finite_offsets(offset, self)
+        plan = self.execution_plan
         return modulated_deform_conv(
-            input, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation
+            input, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation,
+            sampling=plan.sampling_deform_conv, compiled=plan.compiled_kernels,
         )
 
     def extra_repr(self) -> str:

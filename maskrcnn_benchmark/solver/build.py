@@ -81,13 +81,25 @@ class ClippedAdamW(FullModelGradientClipping, torch.optim.AdamW):
 OPTIMIZERS = {"SGD": (torch.optim.SGD, ClippedSGD), "ADAMW": (torch.optim.AdamW, ClippedAdamW)}
 
 
+def _fused_kernels_apply(param_groups: List[Dict]) -> bool:
+    """Whether every parameter lives on a CUDA device, where fused AdamW updates all tensors in one kernel."""
+    params = [p for group in param_groups for p in group["params"]]
+    return bool(params) and all(p.device.type == "cuda" for p in params)
+
+
 def build_optimizer(param_groups: List[Dict], name: str, lr: float, momentum: float = 0.9,
                     clip_norm: float = 0.0, norm_type: float = 2.0) -> torch.optim.Optimizer:
-    """SGD (with momentum) or AdamW (torch defaults otherwise) on `param_groups`, clipping when `clip_norm` > 0."""
+    """SGD (with momentum) or AdamW (torch defaults otherwise) on `param_groups`, clipping when `clip_norm` > 0.
+
+    AdamW on CUDA parameters is the fused implementation (same update, one kernel, and no host sync under a
+    float16 loss scaler); elsewhere PyTorch picks its foreach implementation.
+    """
     if name not in OPTIMIZERS:
         raise ValueError(f"SOLVER.OPTIMIZER {name!r} is not supported; use one of {sorted(OPTIMIZERS)}.")
     plain, clipped = OPTIMIZERS[name]
     extra = {"momentum": momentum} if name == "SGD" else {}
+    if name == "ADAMW" and _fused_kernels_apply(param_groups):
+        extra["fused"] = True
     if clip_norm > 0:
         return clipped(param_groups, lr, clip_norm=clip_norm, norm_type=norm_type, **extra)
     return plain(param_groups, lr, **extra)

@@ -32,18 +32,19 @@ def boxlist_ml_nms(
     max_proposals: int = -1,
     score_field: str = "scores",
     label_field: str = "labels",
+    compiled: bool = True,
 ) -> BoxList:
     """Class-aware NMS on a BoxList with the official CUDA semantics (+1 IoU); surviving boxes keep their order.
 
     A threshold <= 0 disables NMS; max_proposals > 0 keeps the first max_proposals survivors, i.e. those with the
-    lowest indices (not the best scores), as the official code does.
+    lowest indices (not the best scores), as the official code does. `compiled=False` keeps the PyTorch NMS.
     """
     if nms_thresh <= 0:
         return boxlist
     mode = boxlist.mode
     boxlist = boxlist.convert("xyxy")
     keep = _box_ml_nms(
-        boxlist.bbox, boxlist.get_field(score_field), boxlist.get_field(label_field), nms_thresh
+        boxlist.bbox, boxlist.get_field(score_field), boxlist.get_field(label_field), nms_thresh, compiled=compiled
     )
     if max_proposals > 0:
         keep = keep[:max_proposals]

@@ -16,6 +16,10 @@ class ImageList:
         """Cast/move the batch tensor (same arguments as Tensor.to)."""
         return ImageList(self.tensors.to(*args, **kwargs), self.image_sizes)
 
+    def pin_memory(self) -> "ImageList":
+        """The batch in page-locked memory (DataLoader pin_memory), for asynchronous copies to an accelerator."""
+        return ImageList(self.tensors.pin_memory(), self.image_sizes)
+
 
 def _pad_batch(images: Sequence[torch.Tensor], size_divisible: int) -> ImageList:
     if len(images) == 0:

@@ -8,12 +8,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
-from maskrcnn_benchmark.layers.fast_path import fast_path_enabled
+from maskrcnn_benchmark.layers.execution_plan import UsesExecutionPlan
 
 STAGE_NAMES = ("stage2", "stage3", "stage4", "stage5")
-# Tokens per chunk of the inference-time MLP (bounds the memory of its hidden activations).
+# Tokens per chunk of the inference-time MLP (bounds the memory of its hidden activations), in plans that chunk.
 MLP_CHUNK = 8192
-# Windows per chunk of the inference-time window attention (bounds the memory of its qkv and bias tensors).
+# Windows per chunk of the inference-time window attention (bounds the memory of its qkv and bias tensors), in
+# plans that chunk.
 WINDOW_CHUNK = 256
 
 
@@ -67,7 +68,7 @@ def shifted_window_mask(height: int, width: int, window_size: int, shift_size: i
     return torch.zeros_like(different, dtype=torch.float32).masked_fill_(different, -100.0)
 
 
-class Mlp(nn.Module):
+class Mlp(UsesExecutionPlan, nn.Module):
     """Two-layer GELU feed-forward network of a Swin block."""
 
     def __init__(self, dim: int, hidden_dim: int):
@@ -78,13 +79,13 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply fc1, GELU, fc2."""
-        if torch.is_grad_enabled() or x.shape[-2] <= MLP_CHUNK:
+        if not self.execution_plan.chunked_inference or torch.is_grad_enabled() or x.shape[-2] <= MLP_CHUNK:
             return self.fc2(self.act(self.fc1(x)))
         # Inference: tokens are independent, so only one chunk's (4x wider) hidden activations exist at a time.
         return torch.cat([self.fc2(self.act(self.fc1(chunk))) for chunk in x.split(MLP_CHUNK, dim=-2)], dim=-2)
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(UsesExecutionPlan, nn.Module):
     """Multi-head self-attention inside square windows, with a learned relative position bias."""
 
     def __init__(self, dim: int, window_size: int, num_heads: int):
@@ -108,7 +109,8 @@ class WindowAttention(nn.Module):
     def forward(self, windows: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attend within each window of (B * num_windows, N, C); `mask` is (num_windows, N, N) or None."""
         batch_windows = windows.shape[0]
-        if torch.is_grad_enabled() or batch_windows <= WINDOW_CHUNK:
+        chunked = self.execution_plan.chunked_inference and not torch.is_grad_enabled()
+        if not chunked or batch_windows <= WINDOW_CHUNK:
             return self._attend(windows, mask, 0)
         # Inference: windows are independent, so only one chunk's qkv and bias tensors exist at a time.
         return torch.cat([self._attend(windows[start:start + WINDOW_CHUNK], mask, start)
@@ -186,7 +188,7 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x.view(b, -1, 4 * c)))
 
 
-class BasicLayer(nn.Module):
+class BasicLayer(UsesExecutionPlan, nn.Module):
     """One Swin stage: blocks alternating regular and shifted windows, then an optional PatchMerging."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int = 7, mlp_ratio: float = 4.0,
@@ -210,9 +212,10 @@ class BasicLayer(nn.Module):
         if len(self.blocks) > 1:  # only odd-numbered blocks shift
             shift_mask = shifted_window_mask(-(-height // ws) * ws, -(-width // ws) * ws, ws, self.shift_size,
                                              x.device)
-        # The fast path always recomputes the blocks in backward when training: about 5% more time for the
+        # The CPU plan always recomputes the blocks in backward when training: about 5% more time for the
         # step, and the largest activations of the model (stage 1 at 1/4 resolution) are not kept.
-        recompute = (self.use_checkpoint or (self.training and fast_path_enabled())) and torch.is_grad_enabled()
+        forced = self.training and self.execution_plan.recompute_backbone
+        recompute = (self.use_checkpoint or forced) and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute:
                 x = checkpoint(block, x, height, width, shift_mask, use_reentrant=False)

@@ -4,7 +4,7 @@ from typing import Dict, List, Optional, Union
 import torch
 from torch import nn
 
-from maskrcnn_benchmark.layers.fast_path import fast_path_enabled
+from maskrcnn_benchmark.layers.execution_plan import ExecutionPlan, apply_execution_plan, resolve_plan
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
 
@@ -38,6 +38,25 @@ class GeneralizedVLRCNN(nn.Module):
         if self.linear_prob and not (self.freeze_backbone and self.freeze_fpn):
             raise ValueError("MODEL.LINEAR_PROB needs MODEL.BACKBONE.FREEZE and MODEL.FPN.FREEZE set to True.")
         self._apply_freezing()
+        # "auto" follows the device type the parameters are on (see _apply); other choices are fixed.
+        self.plan_choice = cfg.MODEL.EXECUTION_PLAN
+        self.execution_plan = apply_execution_plan(self, resolve_plan(self.plan_choice, self._device_type()))
+
+    def _device_type(self) -> str:
+        return next(self.parameters()).device.type
+
+    def set_execution_plan(self, plan: ExecutionPlan | str) -> ExecutionPlan:
+        """Compute with `plan` (an ExecutionPlan or its name) from now on, whatever the device; return it."""
+        self.execution_plan = apply_execution_plan(self, plan)
+        self.plan_choice = self.execution_plan.name
+        return self.execution_plan
+
+    def _apply(self, fn, *args, **kwargs):
+        """Module.to / .cuda / .cpu / ...: with MODEL.EXECUTION_PLAN "auto", take the new device type's plan."""
+        result = super()._apply(fn, *args, **kwargs)
+        if getattr(self, "plan_choice", None) == "auto":
+            self.execution_plan = apply_execution_plan(self, resolve_plan("auto", self._device_type()))
+        return result
 
     # Parameters that linear probing keeps trainable, as in the official implementation.
     _LINEAR_PROB_TRAINABLE = ("bbox_pred", "cls_logits", "centerness", "cosine_scale", "dot_product_projection_text",
@@ -104,7 +123,7 @@ class GeneralizedVLRCNN(nn.Module):
             if captions is None:
                 raise ValueError("Pass captions (list of str) or tokenized captions.")
             tokenized = self.tokenize(captions, device)
-        if fast_path_enabled():
+        if self.execution_plan.trim_text_padding:
             tokenized = self._trim_padding(tokenized, positive_map)
         language_dict_features = self.encode_language(tokenized)
         visual_features = self.backbone(images.tensors)

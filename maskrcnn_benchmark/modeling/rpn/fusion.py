@@ -3,19 +3,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maskrcnn_benchmark.layers.fast_path import fast_path_enabled
+from maskrcnn_benchmark.layers.execution_plan import UsesExecutionPlan
 
 CLAMP_VALUE = 50000.0
-# Additive score for padded language tokens; valid tokens get their mask value (+1) added instead.
+# Additive score for padded language tokens; valid tokens get their mask value (+1) added instead. In float16 it
+# is the dtype's lowest finite value (the official -9e15 becomes -inf there): either way padded tokens get zero
+# weight, and a row without any real token stays uniform instead of becoming NaN.
 PADDING_SCORE = -9e15
 # Visual tokens per chunk of the inference-time visual attention (bounds its temporary memory).
 VISUAL_CHUNK = 4096
 
 
-class BiMultiHeadAttention(nn.Module):
+class BiMultiHeadAttention(UsesExecutionPlan, nn.Module):
     """Multi-head attention in both directions: visual queries over language tokens and vice versa.
 
-    Both directions share one score matrix q_v . k_l (visual queries, language keys).
+    Both directions share one score matrix q_v . k_l (visual queries, language keys). The execution plan picks
+    the computation: materialised scores (reference), folded into the text side (cpu), or two
+    scaled_dot_product_attention calls (accelerator).
     """
 
     def __init__(
@@ -72,13 +76,16 @@ class BiMultiHeadAttention(nn.Module):
 
         `attention_mask_l` (N, Ll) is 1 for real tokens and 0 for padding; it only masks the visual-query side.
         """
-        if fast_path_enabled() and not _is_half(v, self.v_proj.weight):
+        fusion = self.execution_plan.fusion
+        if fusion == "sdpa":
+            return self._forward_sdpa(v, l, attention_mask_l)
+        if fusion == "folded" and not _is_half(v, self.v_proj.weight):
             return self._forward_folded(v, l, attention_mask_l)
         return self._forward_reference(v, l, attention_mask_l)
 
     def _padding_scores(self, attention_mask_l: Tensor, dtype: torch.dtype) -> Tensor:
         """Official additive language mask: the mask value (1) for real tokens, PADDING_SCORE for padding."""
-        return attention_mask_l.to(dtype).masked_fill(attention_mask_l == 0, PADDING_SCORE)
+        return attention_mask_l.to(dtype).masked_fill(attention_mask_l == 0, padding_score(dtype))
 
     def _forward_reference(
         self, v: Tensor, l: Tensor, attention_mask_l: Tensor | None
@@ -98,7 +105,11 @@ class BiMultiHeadAttention(nn.Module):
         probs_l = scores_l.softmax(dim=-1)
 
         if attention_mask_l is not None:
-            scores = scores + self._padding_scores(attention_mask_l, scores.dtype)[:, None, None, :]
+            # Padded tokens get PADDING_SCORE itself: the official sum rounds to it in float32 (|score| is far
+            # below its ulp), and in float16 the sum could leave the dtype's range.
+            padded = (attention_mask_l == 0)[:, None, None, :]
+            real_scores = scores + attention_mask_l.to(scores.dtype)[:, None, None, :]
+            scores = real_scores.masked_fill(padded, padding_score(scores.dtype))
         probs_v = scores.softmax(dim=-1)
 
         probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
@@ -107,6 +118,30 @@ class BiMultiHeadAttention(nn.Module):
         delta_v = self.out_v_proj(self._merge_heads(torch.matmul(probs_v, value_l)))
         delta_l = self.out_l_proj(self._merge_heads(torch.matmul(probs_l, value_v)))
         return delta_v, delta_l
+
+    def _forward_sdpa(
+        self, v: Tensor, l: Tensor, attention_mask_l: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Both directions as fused attention kernels, without materialising the (Lv, Ll) scores.
+
+        The visual side attends over the language tokens with the padding mask, the language side over all
+        visual tokens with the projected visual queries as keys: the same softmaxes as the reference (the mask's
+        +1 on real tokens and the language side's max subtraction do not change a softmax). The +-50000 clamps
+        are not applied: they keep materialised float16 scores finite, while the kernels accumulate the scores in
+        float32; they would change the result only where a score exceeds 50000.
+        """
+        query = self._split_heads(self.v_proj(v))
+        key = self._split_heads(self.l_proj(l))
+        value_v = self._split_heads(self.values_v_proj(v))
+        value_l = self._split_heads(self.values_l_proj(l))
+        dropout = self.dropout if self.training else 0.0
+        mask = None
+        if attention_mask_l is not None:
+            mask = self._padding_scores(attention_mask_l, query.dtype)[:, None, None, :]
+        attended_l = F.scaled_dot_product_attention(query, key, value_l, attn_mask=mask, dropout_p=dropout,
+                                                    scale=self.scale)
+        attended_v = F.scaled_dot_product_attention(key, query, value_v, dropout_p=dropout, scale=self.scale)
+        return self.out_v_proj(self._merge_heads(attended_l)), self.out_l_proj(self._merge_heads(attended_v))
 
     def _forward_folded(
         self, v: Tensor, l: Tensor, attention_mask_l: Tensor | None
@@ -223,6 +258,11 @@ class BiMultiHeadAttention(nn.Module):
         else:
             values = values + weights.view(batch, heads, num_text, 1) * value_bias
         return self.out_l_proj(self._merge_heads(values))
+
+
+def padding_score(dtype: torch.dtype) -> float:
+    """PADDING_SCORE, or the lowest finite value of `dtype` where PADDING_SCORE is out of its range."""
+    return max(PADDING_SCORE, torch.finfo(dtype).min)
 
 
 def _is_half(*tensors: Tensor) -> bool:

@@ -5,6 +5,7 @@ from typing import Dict, List, Sequence
 import torch
 from torch import nn
 
+from maskrcnn_benchmark.layers.execution_plan import UsesExecutionPlan
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.modeling.utils import permute_and_flatten
 from maskrcnn_benchmark.structures.bounding_box import BoxList
@@ -39,7 +40,7 @@ def token_to_class_scores(
     return scores
 
 
-class ATSSPostProcessor(nn.Module):
+class ATSSPostProcessor(UsesExecutionPlan, nn.Module):
     """Turns the head's per-level outputs into detections (fields "scores" and "labels") for each image."""
 
     def __init__(
@@ -138,7 +139,7 @@ class ATSSPostProcessor(nn.Module):
         """Class-aware NMS per image, then keep the fpn_post_nms_top_n best scores (ties at the cut included)."""
         results = []
         for boxlist in boxlists:
-            result = boxlist_ml_nms(boxlist, self.nms_thresh)
+            result = boxlist_ml_nms(boxlist, self.nms_thresh, compiled=self.execution_plan.compiled_kernels)
             num_detections = len(result)
             if num_detections > self.fpn_post_nms_top_n > 0:
                 scores = result.get_field("scores")

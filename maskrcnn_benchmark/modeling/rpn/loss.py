@@ -154,16 +154,19 @@ class ATSSLossComputation:
         anchors: Sequence[Sequence[BoxList]],
         positive_map: torch.Tensor,
         text_masks: torch.Tensor,
+        compiled_kernels: bool = True,
     ) -> Dict[str, torch.Tensor]:
         """Losses from per-level (N, 4A, H, W) regression, (N, A, H, W) centerness logits and (N, H*W*A, T)
         token logits, per-image targets (xyxy, field "labels"), per-image per-level anchors, the (boxes, T)
-        0/1 positive map of all images' boxes and the (N, T) text attention mask."""
+        0/1 positive map of all images' boxes and the (N, T) text attention mask. `compiled_kernels=False` keeps
+        the PyTorch token focal loss (the reference execution plan)."""
         # Like the official custom_fwd(cast_inputs=float32): the loss always runs in fp32.
         with torch.autocast(device_type=box_regression[0].device.type, enabled=False):
             return self._losses(box_regression, centerness, dot_product_logits, targets, anchors, positive_map,
-                                text_masks)
+                                text_masks, compiled_kernels)
 
-    def _losses(self, box_regression, centerness, dot_product_logits, targets, anchors, positive_map, text_masks):
+    def _losses(self, box_regression, centerness, dot_product_logits, targets, anchors, positive_map, text_masks,
+                compiled_kernels):
         """The loss dict of __call__, computed on fp32 copies of the head outputs."""
         N = box_regression[0].shape[0]
         regression_flat = torch.cat(
@@ -184,7 +187,7 @@ class ATSSLossComputation:
         num_pos_avg_per_gpu = max(total_num_pos / float(num_gpus), 1.0)
 
         token_loss = token_sigmoid_binary_focal_loss(
-            token_logits, token_targets, self.token_alpha, self.token_gamma, text_masks
+            token_logits, token_targets, self.token_alpha, self.token_gamma, text_masks, compiled=compiled_kernels
         ).sum() / num_pos_avg_per_gpu
 
         if positive_index.numel() > 0:

@@ -5,6 +5,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from maskrcnn_benchmark.layers.execution_plan import UsesExecutionPlan
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList
@@ -18,7 +19,7 @@ from .vldyhead import build_vldyhead
 PROMPT_TUNING_POSITIONS = 1000
 
 
-class VLDyHeadModule(nn.Module):
+class VLDyHeadModule(UsesExecutionPlan, nn.Module):
     """Runs the head on the FPN features, then computes the losses (training) or the detections (eval)."""
 
     def __init__(self, head: nn.Module, anchor_generator: nn.Module, loss_evaluator, box_selector: nn.Module,
@@ -50,6 +51,7 @@ class VLDyHeadModule(nn.Module):
             losses = self.loss_evaluator(
                 outputs.box_regression, outputs.centerness, outputs.dot_product_logits,
                 targets, anchors, positive_map, language_dict_features["masks"],
+                compiled_kernels=self.execution_plan.compiled_kernels,
             )
             return None, losses
         boxes = self.box_selector_test(

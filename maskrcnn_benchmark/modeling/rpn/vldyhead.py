@@ -10,7 +10,7 @@ from transformers import BertConfig
 
 from maskrcnn_benchmark.layers.deform_conv import ModulatedDeformConv
 from maskrcnn_benchmark.layers.dyrelu import DyReLU, h_sigmoid
-from maskrcnn_benchmark.layers.fast_path import fast_path_enabled
+from maskrcnn_benchmark.layers.execution_plan import UsesExecutionPlan
 from maskrcnn_benchmark.layers.misc import Scale
 from maskrcnn_benchmark.modeling.rpn.fusion import BiAttentionBlock
 from maskrcnn_benchmark.modeling.rpn.modeling_bert import BertEncoderLayer
@@ -35,7 +35,7 @@ class Conv3x3Norm(nn.Module):
         return self.bn(self.conv(x, offset, mask))
 
 
-class DyConv(nn.Module):
+class DyConv(UsesExecutionPlan, nn.Module):
     """Dynamic-head vision block: scale-aware fusion of neighbouring levels, DCN spatial attention, DyReLU.
 
     For level l it averages, weighted by a per-term hard-sigmoid gate, the deformable convs of level l
@@ -80,7 +80,7 @@ class DyConv(nn.Module):
         outputs = []
         for level in range(len(visual)):
             terms = self._level_terms(visual, level)
-            if fast_path_enabled():
+            if self.execution_plan.name != "reference":
                 # The mean of the gated terms, summed in the same order without stacking them.
                 fused = sum(term * h_sigmoid(self.AttnConv(term)) for term in terms) / len(terms)
             else:
@@ -117,7 +117,7 @@ class VLDyHeadOutput(NamedTuple):
     fused_language: dict
 
 
-class VLDyHead(nn.Module):
+class VLDyHead(UsesExecutionPlan, nn.Module):
     """GLIP-T head: NUM_CONVS x [VLFuse, BertEncoderLayer, DyConv], then box, centerness and token-logit heads.
 
     `dyhead_tower` is a flat list so that state-dict keys are the official dyhead_tower.{3i, 3i+1, 3i+2}.
@@ -176,10 +176,11 @@ class VLDyHead(nn.Module):
         self.scales = nn.ModuleList([Scale(1.0) for _ in range(NUM_LEVELS)])
 
     def _run_tower(self, visual: list[Tensor], hidden: Tensor, masks: Tensor) -> tuple[list[Tensor], Tensor]:
-        # With USE_CHECKPOINT the official code recomputes only the fusion; the fast path also recomputes the
+        # With USE_CHECKPOINT the official code recomputes only the fusion; the CPU plan also recomputes the
         # DyConv blocks (deterministic, so the same values), whose many full-resolution activations dominate
         # the training memory otherwise.
-        checkpoint_dyconv = self.use_checkpoint and self.training and torch.is_grad_enabled() and fast_path_enabled()
+        checkpoint_dyconv = (self.use_checkpoint and self.execution_plan.recompute_dyconv and self.training
+                             and torch.is_grad_enabled())
         for i in range(0, len(self.dyhead_tower), 3):
             fuse, bert_layer, dyconv = self.dyhead_tower[i:i + 3]
             visual, hidden = fuse(visual, hidden, masks)

@@ -458,11 +458,14 @@ def test_bf16_autocast_trains_like_fp32(tmp_path_factory):
 
 def test_train_performance_script_runs_the_small_model_on_cpu(tmp_path):
     data = write_tiny_coco(tmp_path / "data", num_images=2)
+    env = _env()
+    del env["OMP_NUM_THREADS"]  # the script's own CPU thread default for the small models
     result = subprocess.run(
         ["bash", "test/train_performance_1p.sh", f"--data_path={data}", "--small", "--early_stop_iteration=2",
          "--device_id=pytest", f"--work_dir={tmp_path / 'work'}"],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "One CPU thread per process (OMP_NUM_THREADS=1)" in result.stdout
     lines = result.stdout.strip().splitlines()[-3:]
     assert re.fullmatch(r"Final Performance images/sec : \d+\.\d+", lines[0]), lines
     assert re.fullmatch(r"Final Train Accuracy : -?\d+\.\d+", lines[1]), lines

@@ -24,7 +24,9 @@ SEEDS = range(6)
 def extension():
     """Load the extension; fail when it is required, skip (with the reason) otherwise."""
     if not _ops.load_extension():
-        message = f"{_ops.EXTENSION} is not built ({_ops.extension_error()}); build it with `pip install -e .`"
+        # A plain `pip install -e .` builds in an isolated environment without torch, which skips the extension.
+        message = (f"{_ops.EXTENSION} is not built ({_ops.extension_error()}); build it with "
+                   "`pip install -e . --no-build-isolation` (PyTorch and a C++ compiler are needed at build time)")
         if REQUIRED:
             pytest.fail(message + " -- GLIP_REQUIRE_EXTENSION=1 requires it")
         pytest.skip(message)

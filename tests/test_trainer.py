@@ -635,7 +635,7 @@ def check_terminal_report(out: str, tmp_path: Path) -> None:
     assert throughput, out
     rate, images, seconds, warmup = (float(v) for v in throughput.groups())
     assert (images, warmup) == (1, 1)
-    assert rate == pytest.approx(images / seconds, rel=0.1)  # seconds are shown with one decimal
+    assert rate == pytest.approx(images / seconds, rel=0.01)  # seconds are shown with three decimals
     assert f"Final Performance images/sec : {throughput.group(1)}" in out
     assert throughput.group(0) in log.read_text()  # the trainer's own line, as logged
 
@@ -680,8 +680,12 @@ def test_do_train_logs_the_throughput_it_measured(tmp_path, caplog):
         r"Training throughput: ([\d.]+) images/s \((\d+) images in ([\d.]+) s of training iterations, data "
         r"loading included; the first (\d+) iterations left out as warm-up\)", line).groups()
     assert (int(images), int(warmup)) == (2 * 2, 2)  # 4 iterations of 2 images, the first 2 are warm-up
-    assert float(seconds) == pytest.approx(sum(times[2:]), abs=0.06)
-    assert float(rate) == pytest.approx(training_throughput(times, 2).images_per_second, rel=0.01)
+    # The logged iteration times are rounded to 0.1 ms (a few percent of this tiny model's iterations): the
+    # logged figures lie within what that rounding allows.
+    timed, slack = sum(times[2:]), 2 * 0.5e-4
+    assert timed - slack - 0.5e-3 <= float(seconds) <= timed + slack + 0.5e-3
+    assert int(images) / (timed + slack) <= float(rate) * 1.001
+    assert float(rate) <= int(images) / max(timed - slack, 1e-9) * 1.001
 
 
 def test_loss_curve_leaves_out_losses_that_are_zero_throughout(tmp_path, caplog):

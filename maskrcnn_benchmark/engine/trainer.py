@@ -192,7 +192,7 @@ def log_training_summary(total_time: float, iterations: int, iteration_seconds: 
                 total_time / max(iterations, 1))
     if iteration_seconds:
         speed = training_throughput(iteration_seconds, images_per_iteration)
-        logger.info("Training throughput: %.3f images/s (%d images in %.1f s of training iterations, data loading "
+        logger.info("Training throughput: %.3f images/s (%d images in %.3f s of training iterations, data loading "
                     "included; the first %d iterations left out as warm-up)", speed.images_per_second,
                     speed.images, speed.seconds, speed.warmup_iterations)
 

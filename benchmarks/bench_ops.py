@@ -4,7 +4,7 @@ Usage: python benchmarks/bench_ops.py [--device cpu|cuda] [--repeat 5] [--thread
 Shapes are GLIP-T's (256 channels, 3x3 DCN with offsets from the finer level, 256 tokens, 80-class NMS) on a
 reduced image unless --small. For every op and pass (forward; forward + backward where it has one) it prints the
 median milliseconds of both implementations over --repeat runs after one warm-up, their ratio, and the
-implementation the default dispatch picks (layers._ops.COMPILED_BY_DEFAULT).
+implementation the default dispatch picks (layers.dispatch.COMPILED_BY_DEFAULT).
 """
 import argparse
 import statistics
@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from maskrcnn_benchmark.layers import _ops  # noqa: E402
+from maskrcnn_benchmark.layers import dispatch  # noqa: E402
 
 
 def synchronize(device: str) -> None:
@@ -121,17 +121,17 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="smaller shapes (quick check)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if not _ops.load_extension():
-        raise SystemExit(f"{_ops.EXTENSION} is not built: {_ops.extension_error()}")
+    if not dispatch.load_extension():
+        raise SystemExit(f"{dispatch.EXTENSION} is not built: {dispatch.extension_error()}")
     print(f"device {args.device}, {torch.get_num_threads()} threads, median of {args.repeat} (ms)")
     print(f"{'op':26}{'pass':18}{'pytorch':>10}{'compiled':>10}{'speed-up':>10}  default")
     for op, (make_case, grad_args) in CASES.items():
         case_args, case_kwargs = make_case(args.device, args.small)
         results = {
-            name: timed_passes(_ops.kernel(op, name), case_args, case_kwargs, grad_args, args.device, args.repeat)
+            name: timed_passes(dispatch.kernel(op, name), case_args, case_kwargs, grad_args, args.device, args.repeat)
             for name in ("pytorch", "compiled")
         }
-        default = _ops.implementation(op, args.device)
+        default = dispatch.implementation(op, args.device)
         for phase in results["pytorch"]:
             slow, fast = results["pytorch"][phase], results["compiled"][phase]
             print(f"{op:26}{phase:18}{slow:10.2f}{fast:10.2f}{slow / fast:9.2f}x  {default}", flush=True)

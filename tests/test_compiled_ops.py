@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from maskrcnn_benchmark.layers import _ops
+from maskrcnn_benchmark.layers import compiled_ops, dispatch
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = os.environ.get("GLIP_REQUIRE_EXTENSION", "").strip().lower() in ("1", "true", "yes")
@@ -23,9 +23,9 @@ SEEDS = range(6)
 @pytest.fixture(autouse=True)
 def extension():
     """Load the extension; fail when it is required, skip (with the reason) otherwise."""
-    if not _ops.load_extension():
+    if not dispatch.load_extension():
         # A plain `pip install -e .` builds in an isolated environment without torch, which skips the extension.
-        message = (f"{_ops.EXTENSION} is not built ({_ops.extension_error()}); build it with "
+        message = (f"{dispatch.EXTENSION} is not built ({dispatch.extension_error()}); build it with "
                    "`pip install -e . --no-build-isolation` (PyTorch and a C++ compiler are needed at build time)")
         if REQUIRED:
             pytest.fail(message + " -- GLIP_REQUIRE_EXTENSION=1 requires it")
@@ -36,8 +36,8 @@ def _cuda_kernels_missing() -> str | None:
     """Why the CUDA variants cannot run here (None when a GPU and the CUDA kernels are there)."""
     if not torch.cuda.is_available():
         return "no CUDA device"
-    if not _ops.compiled_kernel_available("ml_nms", "cuda"):
-        return f"{_ops.EXTENSION} has no CUDA kernels (build with FORCE_CUDA=1)"
+    if not dispatch.compiled_kernel_available("ml_nms", "cuda"):
+        return f"{dispatch.EXTENSION} has no CUDA kernels (build with FORCE_CUDA=1)"
     return None
 
 
@@ -54,11 +54,11 @@ DEVICES = ["cpu", _on_cuda()]
 
 
 def pytorch(op):
-    return _ops.pytorch_implementation(op)
+    return dispatch.pytorch_implementation(op)
 
 
 def compiled(op):
-    return _ops.kernel(op, "compiled")
+    return dispatch.kernel(op, "compiled")
 
 
 def leaves(*tensors):
@@ -346,23 +346,23 @@ def test_custom_op_registrations_pass_opcheck():
 
 
 def test_default_dispatch_table_and_modes():
-    for op in _ops.OPS:
-        expected = "compiled" if op in _ops.COMPILED_BY_DEFAULT["cpu"] else "pytorch"
-        assert _ops.implementation(op, "cpu") == expected
-        with _ops.use_implementation("compiled"):
-            assert _ops.implementation(op, "cpu") == "compiled"
-        with _ops.use_implementation("pytorch"):
-            assert _ops.implementation(op, "cpu") == "pytorch"
+    for op in dispatch.OPS:
+        expected = "compiled" if op in dispatch.COMPILED_BY_DEFAULT["cpu"] else "pytorch"
+        assert dispatch.implementation(op, "cpu") == expected
+        with dispatch.use_implementation("compiled"):
+            assert dispatch.implementation(op, "cpu") == "compiled"
+        with dispatch.use_implementation("pytorch"):
+            assert dispatch.implementation(op, "cpu") == "pytorch"
         # The reference execution plan passes compiled=False: the PyTorch implementation.
-        assert _ops.implementation(op, "cpu", compiled=False) == "pytorch"
-    assert _ops.COMPILED_BY_DEFAULT["cuda"] == {"ml_nms", "modulated_deform_conv", "token_sigmoid_focal_loss"}
+        assert dispatch.implementation(op, "cpu", compiled=False) == "pytorch"
+    assert dispatch.COMPILED_BY_DEFAULT["cuda"] == {"ml_nms", "modulated_deform_conv", "token_sigmoid_focal_loss"}
 
 
 @pytest.mark.parametrize(
     "module_name,name,op",
     [
         ("maskrcnn_benchmark.layers.nms", "ml_nms", "ml_nms"),
-        ("maskrcnn_benchmark.layers._ops", "roi_align", "roi_align"),
+        ("maskrcnn_benchmark.layers.roi_align", "roi_align", "roi_align"),
         ("maskrcnn_benchmark.layers.sigmoid_focal_loss", "token_sigmoid_binary_focal_loss", "token_sigmoid_focal_loss"),
         ("maskrcnn_benchmark.layers.deform_conv", "modulated_deform_conv", "modulated_deform_conv"),
     ],
@@ -371,9 +371,9 @@ def test_layer_functions_route_through_dispatch(monkeypatch, module_name, name, 
     """The public layer function calls the compiled kernel when the mode selects it, its own code otherwise."""
     function = getattr(__import__(module_name, fromlist=[name]), name)
     calls = []
-    monkeypatch.setitem(_ops._KERNELS["compiled"], op, lambda *args, **kwargs: calls.append(args) or "compiled")
+    monkeypatch.setitem(compiled_ops.COMPILED_KERNELS, op, lambda *args, **kwargs: calls.append(args) or "compiled")
     first = torch.zeros(0, 4) if op == "ml_nms" else torch.zeros(1, 1, 1, 1)
-    with _ops.use_implementation("compiled"):
+    with dispatch.use_implementation("compiled"):
         assert function(first, "second", third=3) == "compiled"
     assert calls == [(first, "second")]
 
@@ -384,4 +384,4 @@ def test_layers_main_prints_the_implementations():
                             capture_output=True, text=True, check=True)
     assert "extension: loaded" in result.stdout
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[3:]}
-    assert rows == {op: ["pytorch"] * len(_ops.DEVICE_TYPES) for op in _ops.OPS}
+    assert rows == {op: ["pytorch"] * len(dispatch.DEVICE_TYPES) for op in dispatch.OPS}

@@ -17,8 +17,7 @@ import pytest
 import torch
 import torchvision
 
-from maskrcnn_benchmark.layers import _ops
-from maskrcnn_benchmark.utils import npu
+from maskrcnn_benchmark.layers import dispatch, npu_ops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,11 +96,11 @@ def fake_npu(monkeypatch):
 def test_npu_implementations_follow_torch_npu(fake_npu, monkeypatch):
     expected = {"ml_nms": "npu", "roi_align": "npu", "modulated_deform_conv": "npu",
                 "token_sigmoid_focal_loss": "pytorch"}  # torch_npu has no fused token focal loss
-    assert {op: _ops.implementation(op, "npu") for op in _ops.OPS} == expected
-    with _ops.use_implementation("pytorch"):
-        assert _ops.implementation("ml_nms", "npu") == "pytorch"
+    assert {op: dispatch.implementation(op, "npu") for op in dispatch.OPS} == expected
+    with dispatch.use_implementation("pytorch"):
+        assert dispatch.implementation("ml_nms", "npu") == "pytorch"
     monkeypatch.setitem(sys.modules, "torch_npu", None)  # not installed: import fails
-    assert all(_ops.implementation(op, "npu") == "pytorch" for op in _ops.OPS)
+    assert all(dispatch.implementation(op, "npu") == "pytorch" for op in dispatch.OPS)
 
 
 def random_nms_case(seed, num=120):
@@ -119,12 +118,12 @@ def random_nms_case(seed, num=120):
 @pytest.mark.parametrize("thresh", [0.3, 0.6, -1.0])
 def test_npu_ml_nms_equals_pytorch(fake_npu, seed, thresh):
     boxes, scores, labels = random_nms_case(seed)
-    expected = _ops.pytorch_implementation("ml_nms")(boxes, scores, labels, thresh)
-    assert torch.equal(npu.npu_ml_nms(boxes, scores, labels, thresh), expected)
+    expected = dispatch.pytorch_implementation("ml_nms")(boxes, scores, labels, thresh)
+    assert torch.equal(npu_ops.npu_ml_nms(boxes, scores, labels, thresh), expected)
     if thresh >= 0:
         assert set(fake_npu.called()) == {"npu_nms_v4"}
         assert all(call[1] == torch.float32 and call[3] == pytest.approx(thresh) for call in fake_npu.calls)
-    assert npu.npu_ml_nms(boxes[:0], scores[:0], labels[:0], thresh).shape == (0,)
+    assert npu_ops.npu_ml_nms(boxes[:0], scores[:0], labels[:0], thresh).shape == (0,)
 
 
 @pytest.mark.parametrize("aligned", [False, True])
@@ -136,7 +135,7 @@ def test_npu_roi_align_equals_torchvision(fake_npu, aligned, sampling_ratio):
     rois = torch.cat([torch.randint(0, 2, (6, 1), generator=gen).float(), xy, xy + torch.rand(6, 2) * 20], dim=1)
     ref, new = features.clone().requires_grad_(True), features.clone().requires_grad_(True)
     expected = torchvision.ops.roi_align(ref, rois, (3, 4), 0.4, sampling_ratio, aligned)
-    result = npu.npu_roi_align(new, rois, (3, 4), 0.4, sampling_ratio, aligned)
+    result = npu_ops.npu_roi_align(new, rois, (3, 4), 0.4, sampling_ratio, aligned)
     torch.testing.assert_close(result, expected)
     grad = torch.randn(expected.shape, generator=gen)
     expected.backward(grad)
@@ -169,7 +168,7 @@ def test_npu_modulated_deform_conv_equals_reference(fake_npu, stride, cross_leve
     ref = [t.detach().clone().requires_grad_(True) for t in tensors]
     new = [t.detach().clone().requires_grad_(True) for t in tensors]
     expected = torchvision_deform_conv(*ref, stride, 1, 1)
-    result = npu.npu_modulated_deform_conv(*new, stride=stride, padding=1, dilation=1)
+    result = npu_ops.npu_modulated_deform_conv(*new, stride=stride, padding=1, dilation=1)
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
     grad = torch.randn(expected.shape, generator=gen)
     expected.backward(grad)
@@ -185,16 +184,16 @@ def test_npu_modulated_deform_conv_equals_reference(fake_npu, stride, cross_leve
     "module_name,name,op",
     [
         ("maskrcnn_benchmark.layers.nms", "ml_nms", "ml_nms"),
-        ("maskrcnn_benchmark.layers._ops", "roi_align", "roi_align"),
+        ("maskrcnn_benchmark.layers.roi_align", "roi_align", "roi_align"),
         ("maskrcnn_benchmark.layers.deform_conv", "modulated_deform_conv", "modulated_deform_conv"),
     ],
 )
 def test_layer_functions_dispatch_npu_tensors_to_torch_npu(fake_npu, monkeypatch, module_name, name, op):
     """Tensors on the npu device (simulated) reach the torch_npu wrappers through the public layer functions."""
     function = getattr(__import__(module_name, fromlist=[name]), name)
-    monkeypatch.setattr(_ops, "device_type_of", lambda tensor: "npu")
+    monkeypatch.setattr(dispatch, "device_type_of", lambda tensor: "npu")
     calls = []
-    monkeypatch.setitem(_ops._KERNELS["npu"], op, lambda *args, **kwargs: calls.append(op) or "npu")
+    monkeypatch.setitem(npu_ops.NPU_KERNELS, op, lambda *args, **kwargs: calls.append(op) or "npu")
     assert function(torch.zeros(1, 1, 1, 1), "second") == "npu"
     assert calls == [op]
 

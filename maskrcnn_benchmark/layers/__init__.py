@@ -3,6 +3,7 @@ from .execution_plan import ACCELERATOR_PLAN, CPU_PLAN, REFERENCE_PLAN, Executio
 from .iou_loss import IOULoss, box_giou_loss
 from .misc import Scale
 from .nms import ml_nms, nms
+from .roi_align import roi_align
 from .sigmoid_focal_loss import (
     SigmoidFocalLoss,
     TokenSigmoidFocalLoss,
@@ -23,6 +24,7 @@ __all__ = [
     "apply_execution_plan",
     "ml_nms",
     "nms",
+    "roi_align",
     "sigmoid_focal_loss",
     "token_sigmoid_binary_focal_loss",
 ]

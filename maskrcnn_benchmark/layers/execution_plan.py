@@ -34,7 +34,7 @@ class ExecutionPlan:
     recompute_dyconv: bool  # with MODEL.DYHEAD.USE_CHECKPOINT, recompute DyConv too, not only the fusion
     trim_text_padding: bool  # drop the padding columns after the batch's longest caption
     sampling_deform_conv: bool  # PyTorch DCN: grid_sample-based instead of torchvision's kernels
-    compiled_kernels: bool  # compiled kernels where layers._ops.COMPILED_BY_DEFAULT lists them for the device
+    compiled_kernels: bool  # compiled kernels where layers.dispatch.COMPILED_BY_DEFAULT lists them for the device
 
     def describe(self) -> str:
         """One line for the log: the plan's name and every choice it makes."""

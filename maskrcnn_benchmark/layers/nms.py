@@ -2,7 +2,7 @@
 import torch
 import torchvision
 
-from ._ops import dispatchable
+from .dispatch import dispatchable
 
 # Legacy pixel convention of the compiled kernels: a box [x1, x2] is x2 - x1 + 1 wide.
 TO_REMOVE = 1

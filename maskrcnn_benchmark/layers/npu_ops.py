@@ -1,18 +1,20 @@
-"""Ascend NPU support: torch_npu detection and GLIP's ops on torch_npu operators.
+"""GLIP's ops on the Ascend NPU, as torch_npu operators.
 
 The wrappers keep the signatures and semantics of the PyTorch implementations in maskrcnn_benchmark.layers and
 translate them to the documented torch_npu operators (npu_nms_v4, npu_roi_align / npu_roi_alignbk,
 npu_deformable_conv2d / npu_deformable_conv2dbk), with the argument conventions of torch_npu.contrib and mmcv's
-NPU ops. maskrcnn_benchmark.layers._ops routes tensors on the `npu` device here.
+NPU ops. layers.dispatch routes tensors on the `npu` device here.
 """
 import functools
 import importlib
+from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.nn.modules.utils import _pair
+
+from .conv_geometry import conv_output_size, per_sample_prefix
 
 # torch_npu operator behind each GLIP op (ops without one keep their PyTorch implementation on the NPU).
 NPU_OPERATORS = {
@@ -28,7 +30,7 @@ ROI_END_MODE_ALIGNED = 3
 ROI_END_MODE_LEGACY = 0
 
 
-def torch_npu_module() -> Optional[ModuleType]:
+def torch_npu_module() -> ModuleType | None:
     """The torch_npu module when it imports, else None (imported on each call, so a test can substitute it)."""
     try:
         return importlib.import_module("torch_npu")
@@ -108,7 +110,7 @@ class _NpuRoiAlign(torch.autograd.Function):
 def npu_roi_align(
     input: Tensor,
     rois: Tensor,
-    output_size: Union[int, Tuple[int, int]],
+    output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
@@ -126,7 +128,7 @@ def npu_roi_align(
 
 
 @functools.lru_cache(maxsize=None)
-def npu_offset_order(taps: int, deformable_groups: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+def npu_offset_order(taps: int, deformable_groups: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Channel permutation from GLIP's (dy, dx)-interleaved offsets to torch_npu's [all dx, all dy], and its inverse."""
     num = 2 * taps * deformable_groups
     forward = list(range(1, num, 2)) + list(range(0, num, 2))
@@ -185,19 +187,16 @@ def npu_modulated_deform_conv(
     offset: Tensor,
     mask: Tensor,
     weight: Tensor,
-    bias: Optional[Tensor] = None,
-    stride: Union[int, Tuple[int, int]] = 1,
-    padding: Union[int, Tuple[int, int]] = 0,
-    dilation: Union[int, Tuple[int, int]] = 1,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
 ) -> Tensor:
     """Modulated deformable conv (layers.deform_conv semantics) on torch_npu.npu_deformable_conv2d.
 
     Computed in float32, the only dtype of torch_npu's deformable conv; like the official op, the result stays
     float32 under autocast and has the input's dtype otherwise.
     """
-    # Imported here: maskrcnn_benchmark.layers imports this module.
-    from maskrcnn_benchmark.layers.conv_geometry import conv_output_size, per_sample_prefix
-
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     kernel_h, kernel_w = weight.shape[2:]
     out_h = conv_output_size(input.shape[2], kernel_h, stride[0], padding[0], dilation[0])
@@ -213,3 +212,11 @@ def npu_modulated_deform_conv(
             stride, padding, dilation, groups, deformable_groups,
         )
     return output if autocast else output.to(input.dtype)
+
+
+# The torch_npu implementation of each op that has one, looked up by layers.dispatch.
+NPU_KERNELS: dict[str, Callable] = {
+    "ml_nms": npu_ml_nms,
+    "roi_align": npu_roi_align,
+    "modulated_deform_conv": npu_modulated_deform_conv,
+}

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._ops import dispatchable
+from .dispatch import dispatchable
 
 # log(FLT_MIN): the kernel takes log(max(p, FLT_MIN)) for the positive term.
 _LOG_FLT_MIN = math.log(torch.finfo(torch.float32).tiny)

@@ -4,6 +4,7 @@ Two PyTorch variants: torchvision.ops.deform_conv2d (reference and accelerator p
 (CPU plan): inference samples the input with one grid_sample and multiplies per tap; training keeps torchvision's
 forward and replaces its slow CPU backward by a sampling-based one (see _DeformConvFunction).
 """
+import itertools
 import math
 import weakref
 
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
 
-from .dispatch import dispatchable
+from ._ops import dispatchable
 from .conv_geometry import conv_output_size, per_sample_prefix
 from .execution_plan import UsesExecutionPlan
 
@@ -243,6 +244,28 @@ def _offset_report(offset: Tensor, layer: nn.Module | None) -> str:
     )
 
 
+# Orders the deferred offset records of all convs, so that the first non-finite call is the one reported.
+_deferred_call_order = itertools.count()
+
+
+def raise_for_deferred_offsets(module: nn.Module) -> None:
+    """Raise NonFiniteOffsetError for the first call, in `module`'s last forward, of a deformable conv that was given
+    non-finite offsets (plans with `deferred_finite_check`): one host sync for all calls; the records are cleared."""
+    records = []
+    for conv in module.modules():
+        if getattr(conv, "deferred_offsets", None):
+            records.extend((order, offset, is_finite, conv) for order, offset, is_finite in conv.deferred_offsets)
+            conv.deferred_offsets = None
+    if not records:
+        return
+    records.sort(key=lambda record: record[0])
+    finite = torch.stack([is_finite for _, _, is_finite, _ in records])
+    if bool(finite.all()):
+        return
+    _, offset, _, conv = records[int(torch.nonzero(~finite)[0])]
+    raise NonFiniteOffsetError(_offset_report(offset, conv), conv)
+
+
 class ModulatedDeformConv(UsesExecutionPlan, nn.Module):
     """DCNv2 layer whose offsets (2*K channels, (dy, dx) per tap) and mask (K channels) are given by the caller."""
 
@@ -277,9 +300,18 @@ class ModulatedDeformConv(UsesExecutionPlan, nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, input: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
-        """Convolve `input` sampling at the kernel taps shifted by `offset`, each weighted by `mask`."""
-        check_finite_offsets(offset, self)
+        """Convolve `input` sampling at the kernel taps shifted by `offset`, each weighted by `mask`.
+
+        Non-finite offsets raise NonFiniteOffsetError here, or, on plans that defer the check (a host sync per
+        call stalls an accelerator), are replaced by zeros and reported by `raise_for_deferred_offsets`.
+        """
         plan = self.execution_plan
+        if plan.deferred_finite_check:
+            record = (next(_deferred_call_order), offset, torch.isfinite(offset).all())
+            self.deferred_offsets = [*(getattr(self, "deferred_offsets", None) or ()), record]
+            offset = offset.nan_to_num(0.0, 0.0, 0.0)
+        else:
+            check_finite_offsets(offset, self)
         return modulated_deform_conv(
             input, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation,
             sampling=plan.sampling_deform_conv, compiled=plan.compiled_kernels,

@@ -35,6 +35,7 @@ class ExecutionPlan:
     trim_text_padding: bool  # drop the padding columns after the batch's longest caption
     sampling_deform_conv: bool  # PyTorch DCN: grid_sample-based instead of torchvision's kernels
     compiled_kernels: bool  # compiled kernels where layers.dispatch.COMPILED_BY_DEFAULT lists them for the device
+    deferred_finite_check: bool  # NaN/inf DCN offsets: one check per head forward instead of a sync per conv
 
     def describe(self) -> str:
         """One line for the log: the plan's name and every choice it makes."""
@@ -44,15 +45,15 @@ class ExecutionPlan:
 
 CPU_PLAN = ExecutionPlan(
     name="cpu", fusion="folded", chunked_inference=True, recompute_backbone=True, recompute_dyconv=True,
-    trim_text_padding=True, sampling_deform_conv=True, compiled_kernels=True,
+    trim_text_padding=True, sampling_deform_conv=True, compiled_kernels=True, deferred_finite_check=False,
 )
 ACCELERATOR_PLAN = ExecutionPlan(
     name="accelerator", fusion="sdpa", chunked_inference=False, recompute_backbone=False, recompute_dyconv=False,
-    trim_text_padding=True, sampling_deform_conv=False, compiled_kernels=True,
+    trim_text_padding=True, sampling_deform_conv=False, compiled_kernels=True, deferred_finite_check=True,
 )
 REFERENCE_PLAN = ExecutionPlan(
     name="reference", fusion="reference", chunked_inference=False, recompute_backbone=False, recompute_dyconv=False,
-    trim_text_padding=False, sampling_deform_conv=False, compiled_kernels=False,
+    trim_text_padding=False, sampling_deform_conv=False, compiled_kernels=False, deferred_finite_check=False,
 )
 PLANS = {plan.name: plan for plan in (CPU_PLAN, ACCELERATOR_PLAN, REFERENCE_PLAN)}
 

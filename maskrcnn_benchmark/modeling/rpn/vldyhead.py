@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig
 
-from maskrcnn_benchmark.layers.deform_conv import ModulatedDeformConv
+from maskrcnn_benchmark.layers.deform_conv import ModulatedDeformConv, raise_for_deferred_offsets
 from maskrcnn_benchmark.layers.dyrelu import DyReLU, h_sigmoid
 from maskrcnn_benchmark.layers.execution_plan import UsesExecutionPlan
 from maskrcnn_benchmark.layers.misc import Scale
@@ -202,6 +202,7 @@ class VLDyHead(UsesExecutionPlan, nn.Module):
             raise ValueError(f"VLDyHead expects {NUM_LEVELS} feature levels, got {len(features)}")
         masks = language_dict_features["masks"]
         visual, hidden = self._run_tower(list(features), language_dict_features["hidden"], masks)
+        raise_for_deferred_offsets(self)
 
         tokens = F.normalize(hidden, p=2, dim=-1)
         proj_tokens = self.dot_product_projection_text(tokens / 2.0)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
 
-from ._ops import dispatchable
+from .dispatch import dispatchable
 from .conv_geometry import conv_output_size, per_sample_prefix
 from .execution_plan import UsesExecutionPlan
 

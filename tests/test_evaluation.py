@@ -13,6 +13,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
+import yaml
 
 from conftest import FIXTURES, SMALL
 from maskrcnn_benchmark.config import get_cfg_defaults
@@ -191,6 +192,34 @@ def test_names_are_cleaned_and_spans_fall_back_to_tokens():
     # "dog_(animal)" -> "dog " whose span ends on a space: the end falls back to the previous character.
     assert caption == "dog . tooth brush"
     assert label_to_tokens == {4: [1], 9: [3, 4]}
+
+
+CAPTION_PROMPT = [{"prefix": "a ", "name": "red_light", "suffix": " here"}, {"prefix": "", "name": "car", "suffix": "!"}]
+
+
+def test_caption_prompt_as_a_json_string_works_in_evaluation_as_in_training(tmp_path):
+    """DATASETS.CAPTION_PROMPT given inline as JSON (which training accepts) or as a file gives the same prompt."""
+    cfg = get_cfg_defaults()
+    cfg.DATASETS.SEPARATION_TOKENS = ". "
+    cfg.DATASETS.USE_CAPTION_PROMPT = True
+    cfg.DATASETS.CAPTION_PROMPT = json.dumps(CAPTION_PROMPT)
+    caption, label_to_tokens = create_queries_and_maps([3, 7], ["traffic_light", "car"], cfg, load_shipped_tokenizer())
+    # Evaluation uses the prompt's names as written (training cleans them), as the official code does.
+    assert caption == "a red_light here. car!"
+    assert label_to_tokens == {3: [2, 3, 4], 7: [7]}
+    prompt_file = tmp_path / "prompt.yaml"
+    prompt_file.write_text(yaml.safe_dump(CAPTION_PROMPT))
+    cfg.DATASETS.CAPTION_PROMPT = str(prompt_file)
+    assert create_queries_and_maps([3, 7], ["traffic_light", "car"], cfg, load_shipped_tokenizer()) == (
+        caption, label_to_tokens)
+
+
+def test_caption_prompt_with_too_few_entries_is_refused_naming_the_key():
+    cfg = get_cfg_defaults()
+    cfg.DATASETS.USE_CAPTION_PROMPT = True
+    cfg.DATASETS.CAPTION_PROMPT = json.dumps(CAPTION_PROMPT[:1])
+    with pytest.raises(ValueError, match=r"DATASETS.CAPTION_PROMPT has 1 entries but the caption names 2 categories"):
+        create_queries_and_maps([3, 7], ["traffic_light", "car"], cfg, load_shipped_tokenizer())
 
 
 def test_positive_map_matrix_to_label_token_dict():

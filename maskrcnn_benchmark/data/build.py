@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from maskrcnn_benchmark.config.paths_catalog import DatasetCatalog
 from maskrcnn_benchmark.modeling.language_backbone import build_tokenizer
+from maskrcnn_benchmark.solver.build import max_iter_from_epochs
 from maskrcnn_benchmark.utils.comm import get_world_size
 
 from . import datasets as D
@@ -29,12 +30,12 @@ def compute_max_iter(cfg, dataset_len: int) -> int:
     `batch_sampler.num_iterations` (also `len(loader)`) holds it.
     """
     if cfg.SOLVER.MAX_EPOCH > 0:
-        return cfg.SOLVER.MAX_EPOCH * dataset_len // cfg.SOLVER.IMS_PER_BATCH
+        return max_iter_from_epochs(cfg.SOLVER.MAX_EPOCH, dataset_len, cfg.SOLVER.IMS_PER_BATCH)
     return cfg.SOLVER.MAX_ITER
 
 
-def _load_list_option(value: Union[str, Sequence[dict]], key: str) -> List[dict]:
-    """A list of dicts given inline, as a JSON string, or as the path of a YAML/JSON file."""
+def load_list_option(value: Union[str, Sequence[dict]], key: str) -> List[dict]:
+    """A list of dicts given inline, as a JSON string, or as the path of a YAML/JSON file """
     if not isinstance(value, str):
         return [dict(item) for item in value]
     if os.path.isfile(value):
@@ -57,12 +58,12 @@ def dataset_options(cfg, factory: str, is_train: bool, tokenizer: PreTrainedToke
     datasets_cfg = cfg.DATASETS
     options: Dict[str, Any] = {}
     if datasets_cfg.USE_OVERRIDE_CATEGORY and datasets_cfg.OVERRIDE_CATEGORY:
-        options["override_category"] = _load_list_option(datasets_cfg.OVERRIDE_CATEGORY, "OVERRIDE_CATEGORY")
+        options["override_category"] = load_list_option(datasets_cfg.OVERRIDE_CATEGORY, "OVERRIDE_CATEGORY")
     if factory == "COCODataset":
         return dict(options, remove_images_without_annotations=is_train)
     options.update(tokenizer=tokenizer, max_query_len=cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN)
     if datasets_cfg.USE_CAPTION_PROMPT and datasets_cfg.CAPTION_PROMPT:
-        options["caption_prompt"] = _load_list_option(datasets_cfg.CAPTION_PROMPT, "CAPTION_PROMPT")
+        options["caption_prompt"] = load_list_option(datasets_cfg.CAPTION_PROMPT, "CAPTION_PROMPT")
     if is_train:
         options.update(
             separation_tokens=datasets_cfg.SEPARATION_TOKENS,

@@ -2,15 +2,15 @@
 import datetime
 import logging
 import os
-import re
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import yaml
 from torch import nn
 from tqdm import tqdm
 
+from maskrcnn_benchmark.data.build import load_list_option
+from maskrcnn_benchmark.data.datasets.od_to_grounding import check_caption_prompt_length, clean_name, join_names
 from maskrcnn_benchmark.data.datasets.positive_maps import create_positive_dict
 from maskrcnn_benchmark.data.evaluation import evaluate
 from maskrcnn_benchmark.data.evaluation.coco_eval import require_box_annotations
@@ -26,36 +26,20 @@ CharSpan = Tuple[int, int]
 LabelToTokens = Dict[int, List[int]]
 
 
-def clean_name(name: str) -> str:
-    """A category name as written in the prompt: parenthesised parts removed, underscores turned to spaces."""
-    name = re.sub(r"\(.*\)", "", name)
-    name = re.sub(r"_", " ", name)
-    return re.sub(r"  ", " ", name)
-
-
 def build_detection_prompt(names: Sequence[str], separation_tokens: str,
                            caption_prompt: Optional[Sequence[dict]] = None,
                            additional_labels: Optional[Sequence[str]] = None) -> Tuple[str, List[List[CharSpan]]]:
     """The caption listing `names` (or the caption prompt's prefix/name/suffix entries) and each name's char span.
 
+    The caption prompt's names are used as written (training cleans them), as in the official evaluation.
     `additional_labels` are appended after the names, without spans (official "suppress query").
     """
-    caption = ""
-    spans = []
-    for index, name in enumerate(names):
-        entry = caption_prompt[index] if caption_prompt is not None else None
-        if entry is not None:
-            caption += entry["prefix"]
-        start = len(caption)
-        caption += entry["name"] if entry is not None else name
-        spans.append([(start, len(caption))])
-        if entry is not None:
-            caption += entry["suffix"]
-        if index != len(names) - 1:
-            caption += separation_tokens
+    check_caption_prompt_length(caption_prompt, len(names))
+    shown = [caption_prompt[index]["name"] for index in range(len(names))] if caption_prompt is not None else names
+    caption, spans = join_names(shown, separation_tokens, caption_prompt)
     if additional_labels is not None:
         caption += separation_tokens + separation_tokens.join(additional_labels)
-    return caption, spans
+    return caption, [[span] for span in spans]
 
 
 def check_prompt_fits(label_to_tokens: LabelToTokens, max_query_len: int, caption: str) -> None:
@@ -69,19 +53,12 @@ def check_prompt_fits(label_to_tokens: LabelToTokens, max_query_len: int, captio
         )
 
 
-def load_caption_prompt(caption_prompt) -> Optional[List[dict]]:
-    """DATASETS.CAPTION_PROMPT: a list of {prefix, name, suffix} dicts, or the YAML file holding it."""
-    if isinstance(caption_prompt, str):
-        with open(caption_prompt) as f:
-            return yaml.safe_load(f)
-    return caption_prompt
-
-
 def create_queries_and_maps(labels: Sequence[int], label_list: Sequence[str], cfg, tokenizer=None,
                             additional_labels: Optional[Sequence[str]] = None) -> Tuple[str, LabelToTokens]:
     """The detection prompt of these classes and its label -> token indices map (keys are `labels`)."""
     names = [clean_name(name) for name in label_list]
-    caption_prompt = load_caption_prompt(cfg.DATASETS.CAPTION_PROMPT) if cfg.DATASETS.USE_CAPTION_PROMPT else None
+    use_prompt = cfg.DATASETS.USE_CAPTION_PROMPT and cfg.DATASETS.CAPTION_PROMPT
+    caption_prompt = load_list_option(cfg.DATASETS.CAPTION_PROMPT, "CAPTION_PROMPT") if use_prompt else None
     caption, tokens_positive = build_detection_prompt(names, cfg.DATASETS.SEPARATION_TOKENS, caption_prompt,
                                                       additional_labels)
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)

@@ -17,6 +17,7 @@ from maskrcnn_benchmark.utils.device import resolve_device
 from maskrcnn_benchmark.utils.drawing import draw_labelled_boxes, enlarge, enlargement_factor
 
 from maskrcnn_benchmark.data.datasets.coco import to_rgb, transform_image
+from maskrcnn_benchmark.data.datasets.od_to_grounding import join_names
 from maskrcnn_benchmark.data.datasets.positive_maps import create_positive_dict
 
 from .inference import CharSpan, LabelToTokens, check_prompt_fits
@@ -47,11 +48,8 @@ def build_caption(caption: Union[str, Sequence[str]]) -> Tuple[str, List[str], L
             start += len(part) + 1
         return caption, phrases, spans
     names = [str(name) for name in caption]
-    text, spans = "", []
-    for name in names:
-        spans.append([(len(text), len(text) + len(name))])
-        text += name + NAME_SEPARATOR
-    return text, names, spans
+    text, spans = join_names(names, NAME_SEPARATOR)
+    return text + NAME_SEPARATOR if names else text, names, [[span] for span in spans]
 
 
 def _to_pil(image: ImageInput) -> Image.Image:

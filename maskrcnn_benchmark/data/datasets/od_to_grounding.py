@@ -14,28 +14,52 @@ def clean_name(name: str) -> str:
     return name.replace("  ", " ")
 
 
+def check_caption_prompt_length(caption_prompt: Sequence[dict] | None, num_names: int) -> None:
+    """Raise unless DATASETS.CAPTION_PROMPT has an entry for each of the caption's `num_names` names."""
+    if caption_prompt is not None and len(caption_prompt) < num_names:
+        raise ValueError(f"DATASETS.CAPTION_PROMPT has {len(caption_prompt)} entries but the caption names "
+                         f"{num_names} categories. Give one {{prefix, name, suffix}} entry per category, in "
+                         f"category order.")
+
+
+def join_names(names: Sequence[str], separation_tokens: str, caption_prompt: Sequence[dict] | None = None,
+               start: str = "") -> Tuple[str, List[Tuple[int, int]]]:
+    """`start`, then the names joined by `separation_tokens` (none after the last); each name's [begin, end).
+
+    The one caption builder of training, evaluation and the predictor. `caption_prompt[i]` puts its "prefix"
+    before and its "suffix" after the i-th name (inside the separators); the callers choose the names.
+    """
+    caption = start
+    spans = []
+    for position, name in enumerate(names):
+        prompt = caption_prompt[position] if caption_prompt is not None else None
+        if prompt is not None:
+            caption += prompt["prefix"]
+        begin = len(caption)
+        caption += name
+        spans.append((begin, len(caption)))
+        if prompt is not None:
+            caption += prompt["suffix"]
+        if position != len(names) - 1:
+            caption += separation_tokens
+    return caption, spans
+
+
 def build_detection_caption(labels: Sequence[int], names: Dict[int, str], separation_tokens: str = " ",
                             add_detection_prompt: bool = False,
                             caption_prompt: Optional[Sequence[dict]] = None) -> Tuple[str, Dict[int, List[int]]]:
     """Caption naming `labels` in the given order and each label's [begin, end) span of its cleaned name.
 
     Names are joined by `separation_tokens` (none after the last). `caption_prompt[i]` (the i-th label in the
-    caption) gives a "prefix", a "name" replacing the category name and a "suffix" around it.
+    caption) gives a "prefix", a "name" replacing the category name and a "suffix" around it. Training cleans the
+    caption prompt's names too (evaluation uses them as written), as the official code does.
     """
-    caption = DETECTION_PROMPT if add_detection_prompt else ""
-    label_to_span = {}
-    for position, label in enumerate(labels):
-        prompt = caption_prompt[position] if caption_prompt is not None else None
-        if prompt is not None:
-            caption += prompt["prefix"]
-        begin = len(caption)
-        caption += clean_name(prompt["name"] if prompt is not None else names[label])
-        label_to_span[label] = [begin, len(caption)]
-        if prompt is not None:
-            caption += prompt["suffix"]
-        if position != len(labels) - 1:
-            caption += separation_tokens
-    return caption, label_to_span
+    check_caption_prompt_length(caption_prompt, len(labels))
+    shown = [clean_name(caption_prompt[position]["name"] if caption_prompt is not None else names[label])
+             for position, label in enumerate(labels)]
+    caption, spans = join_names(shown, separation_tokens, caption_prompt,
+                                DETECTION_PROMPT if add_detection_prompt else "")
+    return caption, {label: list(span) for label, span in zip(labels, spans)}
 
 
 def count_fitting_labels(caption: str, spans: Sequence[Sequence[int]], tokenizer: PreTrainedTokenizerBase,

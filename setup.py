@@ -120,7 +120,7 @@ setup(
     version="0.1.0",
     description="GLIP (Grounded Language-Image Pre-training) for PyTorch, in the maskrcnn-benchmark layout",
     packages=find_packages(include=("maskrcnn_benchmark", "maskrcnn_benchmark.*")),
-    package_data={"maskrcnn_benchmark.modeling.language_backbone": ["bert-base-uncased/*"]},
+    package_data={"maskrcnn_benchmark.text": ["bert-base-uncased/*"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=read_requirements(),

@@ -45,7 +45,7 @@ PLANS = ("auto", "cpu", "accelerator", "reference")
 
 def coco_prompt() -> "tuple[str, dict]":
     """The COCO-80 caption joined by '. ' and its label -> token-indices map."""
-    from maskrcnn_benchmark.modeling.language_backbone import load_shipped_tokenizer
+    from maskrcnn_benchmark.text import load_shipped_tokenizer
 
     names = [n.replace("_", " ") for n in COCO_NAMES]
     caption = ". ".join(names)

@@ -17,7 +17,7 @@ from maskrcnn_benchmark.data.datasets import COCODataset, CocoGrounding
 from maskrcnn_benchmark.data.datasets.modulated_coco import few_shot_image_ids
 from maskrcnn_benchmark.data.samplers import DistributedSampler, GroupedBatchSampler, IterationBasedBatchSampler
 from maskrcnn_benchmark.data.transforms import build_transforms, resized_shape
-from maskrcnn_benchmark.modeling.language_backbone import load_shipped_tokenizer, tokenize_captions
+from maskrcnn_benchmark.text import load_shipped_tokenizer, tokenize_captions
 
 FIXTURE = Path(__file__).parent / "fixtures" / "data_pipeline"
 GOLDEN = torch.load(FIXTURE / "pipeline.pt", weights_only=True)

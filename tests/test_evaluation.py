@@ -22,7 +22,7 @@ from maskrcnn_benchmark.data.evaluation import COCOResults, evaluate, prepare_fo
 from maskrcnn_benchmark.data.evaluation.coco_eval import NoGroundTruthError
 from maskrcnn_benchmark.engine.inference import (clean_name, create_positive_map_label_to_token_from_positive_map,
                                                  create_queries_and_maps, create_queries_and_maps_from_dataset)
-from maskrcnn_benchmark.modeling.language_backbone import load_shipped_tokenizer
+from maskrcnn_benchmark.text import load_shipped_tokenizer
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import to_image_list
 

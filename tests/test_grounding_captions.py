@@ -9,7 +9,7 @@ from maskrcnn_benchmark.data.datasets.od_to_grounding import (build_detection_ca
                                                               count_fitting_labels)
 from maskrcnn_benchmark.data.datasets.positive_maps import (create_greenlight_map, create_positive_dict,
                                                             create_positive_map, span_to_token_range)
-from maskrcnn_benchmark.modeling.language_backbone import load_shipped_tokenizer
+from maskrcnn_benchmark.text import load_shipped_tokenizer
 
 TOKENIZATION = json.loads((Path(__file__).parent / "fixtures" / "tokenization.json").read_text())
 COCO_KEYS = [key for key in TOKENIZATION if key.startswith("coco_")]

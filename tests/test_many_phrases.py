@@ -14,7 +14,7 @@ from conftest import SMALL
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor
 from maskrcnn_benchmark.modeling.detector import build_detection_model
-from maskrcnn_benchmark.modeling.language_backbone import load_shipped_tokenizer
+from maskrcnn_benchmark.text import load_shipped_tokenizer
 from maskrcnn_benchmark.modeling.rpn.inference import token_to_class_scores
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from pathlib import Path
 from pycocotools.coco import COCO
 
 from maskrcnn_benchmark.data.datasets.synthetic import CATEGORIES, generate_synthetic_dataset
-from maskrcnn_benchmark.modeling.language_backbone import load_shipped_tokenizer
+from maskrcnn_benchmark.text import load_shipped_tokenizer
 
 
 def _digests(root: Path) -> dict:

@@ -13,7 +13,7 @@ from maskrcnn_benchmark.modeling.rpn.vldyhead import DyConv, VLDyHead, VLFuse, b
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 HEAD_PREFIX = "rpn.head."
-GLIP_T_BERT = Path(__file__).resolve().parents[1] / "maskrcnn_benchmark/modeling/language_backbone/bert-base-uncased"
+GLIP_T_BERT = Path(__file__).resolve().parents[1] / "maskrcnn_benchmark/text/bert-base-uncased"
 
 
 def head_cfg(attn_dropout: float = 0.1, use_checkpoint: bool = False):

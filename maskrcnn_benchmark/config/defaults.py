@@ -306,7 +306,7 @@ add_compatibility_keys(_C)
 # Port-specific keys (not in the official defaults)
 # ---------------------------------------------------------------------------------------------------------
 # Language model config: "" = the bert-base-uncased config shipped in
-# maskrcnn_benchmark/modeling/language_backbone/bert-base-uncased/; else a local folder holding a Hugging Face
+# maskrcnn_benchmark/text/bert-base-uncased/; else a local folder holding a Hugging Face
 # config.json (and weights), or a Hugging Face model name. The official code always loads MODEL_TYPE by name.
 _C.MODEL.LANGUAGE_BACKBONE.MODEL_PATH = ""
 # Tokenizer (vocabulary): "" = the shipped bert-base-uncased vocabulary; else a local folder or a model name.

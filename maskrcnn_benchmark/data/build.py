@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from maskrcnn_benchmark.config.paths_catalog import DatasetCatalog
-from maskrcnn_benchmark.modeling.language_backbone import build_tokenizer
+from maskrcnn_benchmark.text import build_tokenizer
 from maskrcnn_benchmark.solver.build import max_iter_from_epochs
 from maskrcnn_benchmark.utils.comm import get_world_size
 

@@ -4,7 +4,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from maskrcnn_benchmark.modeling.language_backbone import tokenize_captions
+from maskrcnn_benchmark.text import tokenize_captions
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
 

@@ -15,7 +15,7 @@ from maskrcnn_benchmark.data.datasets.positive_maps import create_positive_dict
 from maskrcnn_benchmark.data.evaluation import evaluate
 from maskrcnn_benchmark.data.evaluation.coco_eval import require_box_annotations
 from maskrcnn_benchmark.layers.deform_conv import NonFiniteOffsetError
-from maskrcnn_benchmark.modeling.language_backbone import build_tokenizer, tokenize_captions
+from maskrcnn_benchmark.text import build_tokenizer, tokenize_captions
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.boxlist_ops import cat_boxlist
 from maskrcnn_benchmark.utils.comm import get_world_size, is_main_process, synchronize

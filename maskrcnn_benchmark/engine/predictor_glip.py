@@ -9,7 +9,7 @@ from torch import nn
 
 from maskrcnn_benchmark.data.transforms import build_transforms
 from maskrcnn_benchmark.modeling.detector import build_detection_model
-from maskrcnn_benchmark.modeling.language_backbone import build_tokenizer, tokenize_captions
+from maskrcnn_benchmark.text import build_tokenizer, tokenize_captions
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import to_image_list
 from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer, missing_weights_error

@@ -7,10 +7,10 @@ from torch import nn
 from maskrcnn_benchmark.layers.execution_plan import ExecutionPlan, apply_execution_plan, resolve_plan
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
+from maskrcnn_benchmark.text import build_tokenizer, tokenize_captions
 
 from ..backbone import build_backbone
-from ..language_backbone import (build_language_backbone, build_language_config, build_tokenizer,
-                                 tokenize_captions)
+from ..language_backbone import build_language_backbone, build_language_config
 from ..rpn import build_rpn
 
 PositiveMap = Union[torch.Tensor, Dict[int, List[int]]]

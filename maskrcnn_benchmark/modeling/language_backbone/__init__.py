@@ -1,14 +1,12 @@
-"""Language backbone (BERT) and its tokenizer."""
+"""Language backbone (BERT); its tokenizer is maskrcnn_benchmark.text."""
 from collections import OrderedDict
 
 from torch import nn
 
 from .bert_model import (BertEncoder, has_pretrained_weights, load_language_config,
                          resolve_language_source)
-from .tokenizer import build_tokenizer, load_shipped_tokenizer, tokenize_captions
 
-__all__ = ["build_language_backbone", "build_language_config", "build_tokenizer", "load_shipped_tokenizer", "tokenize_captions",
-           "BertEncoder"]
+__all__ = ["build_language_backbone", "build_language_config", "BertEncoder"]
 
 
 def build_language_config(cfg):

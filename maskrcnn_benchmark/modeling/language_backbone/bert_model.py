@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-# bert-base-uncased's config.json and vocab.txt travel with the package so that nothing needs the network.
-SHIPPED_BERT_DIR = Path(__file__).resolve().parent / "bert-base-uncased"
+from maskrcnn_benchmark.text import SHIPPED_BERT_DIR
+
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 

@@ -1,10 +1,11 @@
-"""Tokenizer of the language backbone: the shipped bert-base-uncased WordPiece vocabulary by default."""
+"""Tokenizer of GLIP's captions (data/ and modeling/ share it): the shipped bert-base-uncased vocabulary by default."""
 from pathlib import Path
 from typing import List, Union
 
 from transformers import AutoTokenizer, BatchEncoding, BertTokenizerFast, PreTrainedTokenizerBase
 
-from .bert_model import SHIPPED_BERT_DIR
+# bert-base-uncased's config.json and vocab.txt travel with the package so that nothing needs the network.
+SHIPPED_BERT_DIR = Path(__file__).resolve().parent / "bert-base-uncased"
 
 
 def build_tokenizer(cfg) -> PreTrainedTokenizerBase:

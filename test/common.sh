@@ -286,9 +286,11 @@ prepare_run() {
 cpu_thread_default() {
   if [ "$DEVICE_TYPE" == "cpu" ] && [ -z "${OMP_NUM_THREADS:-}" ] \
      && { [ "$SYNTHETIC" == "True" ] || [ "$SMALL" == "True" ]; }; then
+    local cores
+    cores=$(nproc 2>/dev/null || echo 2)  # before the export: nproc itself honours OMP_NUM_THREADS
     export OMP_NUM_THREADS=1
     echo "One CPU thread per process (OMP_NUM_THREADS=1), which copes with other jobs on the same cores; on an" \
-         "idle machine OMP_NUM_THREADS=$(nproc 2>/dev/null || echo 2) may be faster."
+         "idle machine OMP_NUM_THREADS=${cores} may be faster."
   fi
 }
 

@@ -194,7 +194,8 @@ def test_names_are_cleaned_and_spans_fall_back_to_tokens():
     assert label_to_tokens == {4: [1], 9: [3, 4]}
 
 
-CAPTION_PROMPT = [{"prefix": "a ", "name": "red_light", "suffix": " here"}, {"prefix": "", "name": "car", "suffix": "!"}]
+CAPTION_PROMPT = [{"prefix": "a ", "name": "red_light", "suffix": " here"},
+                  {"prefix": "", "name": "car", "suffix": "!"}]
 
 
 def test_caption_prompt_as_a_json_string_works_in_evaluation_as_in_training(tmp_path):
@@ -212,6 +213,11 @@ def test_caption_prompt_as_a_json_string_works_in_evaluation_as_in_training(tmp_
     cfg.DATASETS.CAPTION_PROMPT = str(prompt_file)
     assert create_queries_and_maps([3, 7], ["traffic_light", "car"], cfg, load_shipped_tokenizer()) == (
         caption, label_to_tokens)
+
+
+def test_tool_refuses_a_dist_url_other_than_env(tmp_path):
+    with pytest.raises(SystemExit, match="--dist-url tcp://10.0.0.1:23456: only env:// is supported"):
+        _load_tool().main(["--dist-url", "tcp://10.0.0.1:23456", "OUTPUT_DIR", str(tmp_path)])
 
 
 def test_caption_prompt_with_too_few_entries_is_refused_naming_the_key():

@@ -9,7 +9,6 @@ import argparse
 import os
 from typing import Dict, List, Optional
 
-import torch
 from torch import nn
 
 from maskrcnn_benchmark.config import cfg as default_cfg
@@ -17,8 +16,8 @@ from maskrcnn_benchmark.data import make_data_loader
 from maskrcnn_benchmark.engine.inference import inference
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer, missing_weights_error
-from maskrcnn_benchmark.utils.comm import get_rank, synchronize
-from maskrcnn_benchmark.utils.device import resolve_device
+from maskrcnn_benchmark.utils.comm import get_local_rank, get_rank, synchronize
+from maskrcnn_benchmark.utils.device import init_distributed, resolve_device
 from maskrcnn_benchmark.utils.logger import setup_logger
 
 
@@ -37,17 +36,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def init_distributed(dist_url: str) -> bool:
-    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK); False for a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    if not torch.distributed.is_initialized():
-        use_cuda = torch.cuda.is_available()
-        if use_cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=dist_url)
-    synchronize()
-    return True
+def check_dist_url(dist_url: str) -> None:
+    """Refuse a --dist-url other than env://: the process group is set up from torchrun's environment variables."""
+    if dist_url != "env://":
+        raise SystemExit(f"--dist-url {dist_url}: only env:// is supported (the process group comes from torchrun's "
+                         f"RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT). Launch with torchrun and drop --dist-url.")
 
 
 def evaluate_datasets(model: nn.Module, cfg, log_dir: str, distributed: bool) -> Dict[str, object]:
@@ -86,11 +79,14 @@ def check_weights_given(weight: str | None, cfg) -> None:
 def main(argv: Optional[List[str]] = None, model: Optional[nn.Module] = None) -> Dict[str, object]:
     """Evaluate as the command line says; `model` replaces the built and loaded detector (for tests)."""
     args = parse_args(argv)
-    distributed = init_distributed(args.dist_url)
+    check_dist_url(args.dist_url)
     cfg = default_cfg.clone()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    # The backend follows the device (nccl, hccl or gloo), as in training.
+    distributed = init_distributed(resolve_device(cfg.MODEL.DEVICE, get_local_rank()), cfg.SOLVER.DDP_TIMEOUT_MINUTES)
+    synchronize()
 
     log_dir = cfg.OUTPUT_DIR
     if args.weight:

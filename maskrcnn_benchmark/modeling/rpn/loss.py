@@ -2,7 +2,6 @@
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 from torch.nn import functional as F
 
 from maskrcnn_benchmark.layers import box_giou_loss, token_sigmoid_binary_focal_loss
@@ -10,22 +9,10 @@ from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.modeling.utils import permute_and_flatten
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.boxlist_ops import boxlist_iou, cat_boxlist
+from maskrcnn_benchmark.utils.comm import get_world_size, reduce_sum
 
 # IoU placeholder of the (anchor, box) pairs that are not positive, as in the official code.
 _NOT_POSITIVE_IOU = -1e8
-
-
-def _world_size() -> int:
-    """Number of distributed processes (1 when not distributed)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum of a tensor over all processes (the tensor itself when not distributed)."""
-    if _world_size() > 1:
-        tensor = tensor.clone()
-        dist.all_reduce(tensor)
-    return tensor
 
 
 def atss_assign(anchors_per_level: Sequence[BoxList], targets: BoxList, topk: int) -> torch.Tensor:
@@ -182,8 +169,8 @@ class ATSSLossComputation:
             targets, anchors, positive_map.to(token_logits), num_tokens=token_logits.shape[-1])
         positive_index = torch.nonzero(positives).squeeze(1)
 
-        num_gpus = _world_size()
-        total_num_pos = _all_reduce_sum(positive_index.new_tensor([positive_index.numel()])).item()
+        num_gpus = get_world_size()
+        total_num_pos = reduce_sum(positive_index.new_tensor([positive_index.numel()])).item()
         num_pos_avg_per_gpu = max(total_num_pos / float(num_gpus), 1.0)
 
         token_loss = token_sigmoid_binary_focal_loss(
@@ -194,7 +181,7 @@ class ATSSLossComputation:
             positive_anchors = anchors_flat[positive_index]
             reg_targets = self.box_coder.encode(matched_boxes[positive_index], positive_anchors)
             centerness_targets = self.centerness_targets(reg_targets, positive_anchors)
-            centerness_sum_avg_per_gpu = _all_reduce_sum(centerness_targets.sum()).item() / float(num_gpus)
+            centerness_sum_avg_per_gpu = reduce_sum(centerness_targets.sum()).item() / float(num_gpus)
             reg_loss = box_giou_loss(
                 self.box_coder.decode(regression_flat[positive_index], positive_anchors),
                 self.box_coder.decode(reg_targets, positive_anchors),
@@ -205,7 +192,7 @@ class ATSSLossComputation:
             ) / num_pos_avg_per_gpu
         else:
             # Matches the other processes' all-reduce of their centerness sums.
-            _all_reduce_sum(centerness_flat.new_zeros(()))
+            reduce_sum(centerness_flat.new_zeros(()))
             # Zeros that stay attached to the graph, as in the official code.
             reg_loss = regression_flat[positive_index].sum()
             centerness_loss = centerness_flat[positive_index].sum()

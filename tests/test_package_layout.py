@@ -54,9 +54,11 @@ def test_relative_imports_resolve_to_the_package():
 
 def test_built_package_ships_the_tokenizer_files(tmp_path):
     """setup.py's package_data puts the shipped vocabulary and config next to maskrcnn_benchmark.text."""
-    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=REPO,
-                   check=True, capture_output=True, text=True)
-    shipped = tmp_path / "maskrcnn_benchmark" / "text" / "bert-base-uncased"
+    # egg_info writes its file list under tmp_path too, so that the checkout stays clean.
+    command = [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path),
+               "build_py", "--build-lib", str(tmp_path / "lib")]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
+    shipped = tmp_path / "lib" / "maskrcnn_benchmark" / "text" / "bert-base-uncased"
     assert sorted(path.name for path in shipped.iterdir()) == sorted(
         path.name for path in (PACKAGE / "text" / "bert-base-uncased").iterdir()
     )

@@ -1,5 +1,5 @@
 // Schemas of the glip:: custom ops. The CPU kernels register in cpu/, the CUDA kernels in cuda/; autograd and
-// fake (meta) implementations are registered from Python (maskrcnn_benchmark/layers/_ops.py).
+// fake (meta) implementations are registered from Python (maskrcnn_benchmark/layers/compiled_registration.py).
 #include <Python.h>
 #include <torch/library.h>
 

@@ -6,6 +6,7 @@ import torch
 import torchvision
 
 from conftest import small_raw_cfg
+from helpers import LOSS_NUM_TOKENS, loss_inputs, random_targets, synthetic_anchors
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.modeling.rpn.anchor_generator import generate_anchors, make_anchor_generator_complex
 from maskrcnn_benchmark.modeling.rpn.inference import make_atss_postprocessor, token_to_class_scores
@@ -164,28 +165,6 @@ def test_postprocessor_without_candidates(cfg, small_case, box_coder):
 # ---------------------------------------------------------------------------------------------- ATSS assignment
 
 
-def _synthetic_anchors(cfg, image_sizes_hw, padded_hw=(320, 352)):
-    """Anchors of a padded batch, with the feature map sizes an FPN would give."""
-    strides = cfg.MODEL.RPN.ANCHOR_STRIDE
-    feature_maps = [
-        torch.zeros(len(image_sizes_hw), 1, math.ceil(padded_hw[0] / s), math.ceil(padded_hw[1] / s)) for s in strides
-    ]
-    image_list = ImageList(torch.zeros(len(image_sizes_hw), 3, *padded_hw), image_sizes_hw)
-    return make_anchor_generator_complex(cfg)(image_list, feature_maps), feature_maps
-
-
-def _random_targets(generator, num_boxes, image_hw, labels=None):
-    height, width = image_hw
-    x1 = torch.rand(num_boxes, generator=generator) * (width - 40)
-    y1 = torch.rand(num_boxes, generator=generator) * (height - 40)
-    box_w = 8 + torch.rand(num_boxes, generator=generator) * (width - x1 - 9)
-    box_h = 8 + torch.rand(num_boxes, generator=generator) * (height - y1 - 9)
-    boxes = torch.stack((x1, y1, x1 + box_w, y1 + box_h), dim=1)
-    targets = BoxList(boxes, (width, height), mode="xyxy")
-    targets.add_field("labels", torch.arange(1, num_boxes + 1) if labels is None else labels)
-    return targets
-
-
 def _brute_force_atss(anchors_per_level, gt_boxes, topk):
     """Per-anchor ATSS in float64 Python scalars: the candidate, threshold and centre tests one pair at a time."""
     anchors = [box.tolist() for level in anchors_per_level for box in level.bbox.double()]
@@ -228,8 +207,8 @@ def _brute_force_atss(anchors_per_level, gt_boxes, topk):
 def test_atss_assign_matches_brute_force(cfg, seed):
     generator = torch.Generator().manual_seed(seed)
     image_hw = (300, 340)
-    anchors, _ = _synthetic_anchors(cfg, [image_hw])
-    targets = _random_targets(generator, 6, image_hw)
+    anchors, _ = synthetic_anchors(cfg, [image_hw])
+    targets = random_targets(generator, 6, image_hw)
     # Two nested boxes so that some anchors are positive for both and the IoU decides.
     extra = BoxList(torch.tensor([[40.0, 50.0, 200.0, 230.0], [60.0, 70.0, 180.0, 210.0]]), targets.size)
     targets = BoxList(torch.cat((targets.bbox, extra.bbox)), targets.size)
@@ -241,7 +220,7 @@ def test_atss_assign_matches_brute_force(cfg, seed):
 
 
 def test_atss_assign_without_boxes(cfg):
-    anchors, _ = _synthetic_anchors(cfg, [(300, 340)])
+    anchors, _ = synthetic_anchors(cfg, [(300, 340)])
     empty = BoxList(torch.zeros(0, 4), (340, 300))
     assigned = atss_assign(anchors[0], empty, topk=9)
     assert assigned.shape == (sum(len(level) for level in anchors[0]),)
@@ -249,35 +228,6 @@ def test_atss_assign_without_boxes(cfg):
 
 
 # ---------------------------------------------------------------------------------------------- loss
-
-
-NUM_TOKENS = 12
-
-
-def _loss_inputs(cfg, boxes_per_image, seed=0, requires_grad=True):
-    """Random head outputs, targets, (boxes, T) positive map and (N, T) text mask for a synthetic batch."""
-    generator = torch.Generator().manual_seed(seed)
-    image_sizes = [(300, 340), (260, 310)][: len(boxes_per_image)]
-    anchors, feature_maps = _synthetic_anchors(cfg, image_sizes)
-    num_images = len(image_sizes)
-    box_regression = [torch.randn(num_images, 4, *f.shape[-2:], generator=generator) for f in feature_maps]
-    centerness = [torch.randn(num_images, 1, *f.shape[-2:], generator=generator) for f in feature_maps]
-    dot_product_logits = [
-        torch.randn(num_images, f.shape[-2] * f.shape[-1], NUM_TOKENS, generator=generator) * 3 for f in feature_maps
-    ]
-    for tensor in box_regression + centerness + dot_product_logits:
-        tensor.requires_grad_(requires_grad)
-    targets = [_random_targets(generator, n, hw) for n, hw in zip(boxes_per_image, image_sizes)]
-    rows = []
-    for n in boxes_per_image:
-        for box in range(n):
-            row = torch.zeros(NUM_TOKENS)
-            row[1 + box: 3 + box] = 1
-            rows.append(row)
-    positive_map = torch.stack(rows) if rows else torch.zeros(0, NUM_TOKENS)
-    text_masks = torch.zeros(num_images, NUM_TOKENS, dtype=torch.long)
-    text_masks[:, :9] = 1
-    return box_regression, centerness, dot_product_logits, targets, anchors, positive_map, text_masks
 
 
 def _focal(logits, targets, alpha=0.25, gamma=2.0):
@@ -288,7 +238,7 @@ def _focal(logits, targets, alpha=0.25, gamma=2.0):
 
 
 def test_loss_names_weights_and_token_targets(cfg, box_coder):
-    inputs = _loss_inputs(cfg, [3, 2])
+    inputs = loss_inputs(cfg, [3, 2])
     box_regression, centerness, dot_product_logits, targets, anchors, positive_map, text_masks = inputs
     loss_evaluator = make_atss_loss_evaluator(cfg, box_coder)
     losses = loss_evaluator(*inputs)
@@ -301,7 +251,7 @@ def test_loss_names_weights_and_token_targets(cfg, box_coder):
         assigned = atss_assign(anchors[image], image_targets, topk=9)
         matched = assigned >= 0
         assert torch.equal(token_targets[image][matched], positive_map[offsets[image] + assigned[matched]])
-        no_object = torch.zeros(NUM_TOKENS)
+        no_object = torch.zeros(LOSS_NUM_TOKENS)
         no_object[-1] = 1
         assert (token_targets[image][~matched] == no_object).all()
     num_pos = int(positives.sum())
@@ -323,7 +273,7 @@ def test_loss_names_weights_and_token_targets(cfg, box_coder):
 
 
 def test_regression_and_centerness_losses(cfg, box_coder):
-    inputs = _loss_inputs(cfg, [3, 2], requires_grad=False)
+    inputs = loss_inputs(cfg, [3, 2], requires_grad=False)
     box_regression, centerness, dot_product_logits, targets, anchors, positive_map, text_masks = inputs
     loss_evaluator = make_atss_loss_evaluator(cfg, box_coder)
     positives, matched_boxes, _ = loss_evaluator.prepare_targets(targets, anchors, positive_map)
@@ -377,7 +327,7 @@ def test_regression_and_centerness_losses(cfg, box_coder):
 
 def test_loss_batches_like_separate_images(cfg, box_coder):
     """Sums normalised by the batch's positive count: the batch loss is the positive-weighted image mix."""
-    inputs = _loss_inputs(cfg, [3, 2], requires_grad=False)
+    inputs = loss_inputs(cfg, [3, 2], requires_grad=False)
     box_regression, centerness, dot_product_logits, targets, anchors, positive_map, text_masks = inputs
     loss_evaluator = make_atss_loss_evaluator(cfg, box_coder)
     batch = loss_evaluator(*inputs)
@@ -395,11 +345,11 @@ def test_loss_batches_like_separate_images(cfg, box_coder):
 
 def test_loss_with_images_without_boxes(cfg, box_coder):
     loss_evaluator = make_atss_loss_evaluator(cfg, box_coder)
-    one_empty = loss_evaluator(*_loss_inputs(cfg, [3, 0]))
+    one_empty = loss_evaluator(*loss_inputs(cfg, [3, 0]))
     assert all(torch.isfinite(value) for value in one_empty.values())
     assert one_empty["loss_reg"].item() > 0
 
-    inputs = _loss_inputs(cfg, [0, 0])
+    inputs = loss_inputs(cfg, [0, 0])
     box_regression, centerness, dot_product_logits = inputs[:3]
     losses = loss_evaluator(*inputs)
     assert losses["loss_reg"].item() == 0.0 and losses["loss_centerness"].item() == 0.0

@@ -1,7 +1,6 @@
 """Distributed training: 2 CPU processes (torchrun, gloo) at global batch 2 train like 1 process at batch 2; a hung
 process ends the run after SOLVER.DDP_TIMEOUT_MINUTES."""
 import re
-import socket
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ import numpy as np
 import torch
 
 from maskrcnn_benchmark.utils.checkpoint import read_checkpoint
-from test_trainer import ROOT, _env, reference_run, small_train_options, train_net_command
+from helpers import ROOT, free_port, reference_run, small_train_options, subprocess_env, train_net_command
 
 
 def test_two_processes_match_one_process(tmp_path_factory):
@@ -17,7 +16,7 @@ def test_two_processes_match_one_process(tmp_path_factory):
     output = reference["root"] / "ddp"
     command = train_net_command(output, small_train_options(reference["weights"]), "--early_stop_iteration", "3")
     command[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run(command, cwd=ROOT, env=_env(DATASET=str(reference["data"])), capture_output=True,
+    result = subprocess.run(command, cwd=ROOT, env=subprocess_env(DATASET=str(reference["data"])), capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -62,18 +61,11 @@ finally:
 """
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now (never torchrun's fixed 29500, which parallel runs would share)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_a_hung_rank_fails_the_other_rank_after_the_ddp_timeout_naming_the_collective():
     port = free_port()
     ranks = [subprocess.Popen([sys.executable, "-c", HUNG_RANK_WORKER, "0.05"], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                              env=subprocess_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
              for rank in (0, 1)]
     try:

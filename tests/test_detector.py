@@ -2,10 +2,10 @@
 import pytest
 import torch
 
+from helpers import assert_same_detections, eval_forward, small_cfg
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer
-from test_model_golden import _assert_same_detections, _eval_forward, small_cfg
 
 
 def _cfg_with(*overrides):
@@ -23,8 +23,8 @@ def test_official_checkpoint_layout_loads_and_reproduces_predictions(tmp_path, s
     cfg = small_cfg()
     model = build_detection_model(cfg)
     DetectronCheckpointer(cfg, model).load(str(path))
-    for got, expected in zip(_eval_forward(model, small_case), small_case["eval"]["predictions"]):
-        _assert_same_detections(got, expected)
+    for got, expected in zip(eval_forward(model, small_case), small_case["eval"]["predictions"]):
+        assert_same_detections(got, expected)
 
 
 def test_mode_switches_return_the_model_and_keep_cls_logits_frozen():
@@ -57,8 +57,8 @@ def test_prompt_tuning_layer_is_zero_initialised_and_trainable(small_state_dict,
     model.train()
     assert model.rpn.tunable_linear.weight.requires_grad
     # A zero offset leaves the predictions unchanged.
-    for got, expected in zip(_eval_forward(model, small_case), small_case["eval"]["predictions"]):
-        _assert_same_detections(got, expected)
+    for got, expected in zip(eval_forward(model, small_case), small_case["eval"]["predictions"]):
+        assert_same_detections(got, expected)
 
 
 @pytest.mark.parametrize("key,value,feature", [

@@ -8,6 +8,7 @@ import torch
 from torchvision.ops import deform_conv2d
 
 from conftest import small_raw_cfg
+from helpers import eval_forward, head_inputs, image_list, loss_inputs, small_cfg, small_head, train_targets
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.layers.deform_conv import modulated_deform_conv
 from maskrcnn_benchmark.layers.execution_plan import (ACCELERATOR_PLAN, CPU_PLAN, REFERENCE_PLAN,
@@ -19,8 +20,6 @@ from maskrcnn_benchmark.modeling.rpn.fusion import BiMultiHeadAttention
 from maskrcnn_benchmark.modeling.rpn.loss import make_atss_loss_evaluator
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import to_image_list
-from test_atss import _loss_inputs
-from test_model_golden import small_cfg
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 SHORT_CAPTION = "a man riding a red bicycle next to a dog."
@@ -316,7 +315,7 @@ def test_train_losses_and_gradients_agree(small_model, small_case, sizes, plan):
 def test_no_object_target_only_when_its_token_is_kept():
     cfg = small_raw_cfg()
     loss_evaluator = make_atss_loss_evaluator(cfg, BoxCoder((10.0, 10.0, 5.0, 5.0), math.log(1000.0 / 16)))
-    _, _, _, targets, anchors, positive_map, _ = _loss_inputs(cfg, [3, 2], requires_grad=False)
+    _, _, _, targets, anchors, positive_map, _ = loss_inputs(cfg, [3, 2], requires_grad=False)
     positives, _, full = loss_evaluator.prepare_targets(targets, anchors, positive_map)
     width = positive_map.shape[1]
     assert torch.all(full[..., -1].flatten()[~positives] == 1)
@@ -328,8 +327,6 @@ def test_no_object_target_only_when_its_token_is_kept():
 
 def test_checkpointed_tower_gives_the_same_gradients(small_case, small_state_dict):
     """With USE_CHECKPOINT the cpu plan also recomputes DyConv in backward: values and gradients unchanged."""
-    from test_vldyhead import head_inputs, small_head
-
     def step(use_checkpoint):
         head = small_head(small_state_dict, attn_dropout=0.0, use_checkpoint=use_checkpoint).train()
         features, language = head_inputs(small_case)
@@ -356,11 +353,9 @@ def golden_model_on_plan(request, small_model):
 def test_float16_autocast_eval_scores_stay_close_to_float32(golden_model_on_plan, small_case):
     """The official -9e15 padding score does not exist in float16: every plan must still run and give the
     float32 detections within 0.02 (measured: 5e-4)."""
-    from test_model_golden import _eval_forward
-
-    fp32 = _eval_forward(golden_model_on_plan, small_case)
+    fp32 = eval_forward(golden_model_on_plan, small_case)
     with torch.autocast("cpu", dtype=torch.float16):
-        fp16 = _eval_forward(golden_model_on_plan, small_case)
+        fp16 = eval_forward(golden_model_on_plan, small_case)
     for a, b in zip(fp32, fp16):
         assert len(a) == len(b)
         scores_a = a.get_field("scores").sort(descending=True).values
@@ -370,15 +365,13 @@ def test_float16_autocast_eval_scores_stay_close_to_float32(golden_model_on_plan
 
 
 def test_float16_autocast_training_step_is_finite_and_close(golden_model_on_plan, small_case):
-    from test_model_golden import _image_list, _train_targets
-
     model = golden_model_on_plan.train()
     given = small_case["inputs"]["train"]
     results = []
     for enabled in (False, True):
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.float16, enabled=enabled):
-            losses = model(_image_list(small_case), targets=_train_targets(small_case), captions=given["captions"],
+            losses = model(image_list(small_case), targets=train_targets(small_case), captions=given["captions"],
                            positive_map=given["positive_map"].clone())
         sum(losses.values()).backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]

@@ -4,23 +4,13 @@ import math
 import pytest
 import torch
 
-from conftest import FIXTURES, SMALL
+from conftest import FIXTURES
+from helpers import assert_same_detections, eval_forward, image_list, small_cfg, train_targets
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.modeling.backbone import swint
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.modeling.rpn import fusion
-from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList
-
-
-def small_cfg():
-    """The small golden config merged into the project's defaults, with its BERT config folder."""
-    cfg = get_cfg_defaults()
-    cfg.merge_from_file(str(SMALL / "config.yaml"))
-    cfg.MODEL.LANGUAGE_BACKBONE.MODEL_PATH = str(SMALL / "bert")
-    cfg.MODEL.DYHEAD.FUSE_CONFIG.ATTN_DROPOUT = 0.0  # the fixture was made with the fusion dropout set to 0
-    cfg.freeze()
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -29,32 +19,6 @@ def small_model(small_state_dict):
     model = build_detection_model(small_cfg())
     model.load_state_dict(small_state_dict, strict=True)
     return model
-
-
-def _image_list(case) -> ImageList:
-    inputs = case["inputs"]
-    return ImageList(inputs["image_list_tensors"].clone(), [tuple(s) for s in inputs["image_sizes_hw"]])
-
-
-def _eval_forward(model, case):
-    model.eval()
-    given = case["inputs"]["eval"]
-    with torch.no_grad():
-        return model(_image_list(case), captions=given["captions"],
-                     positive_map=given["positive_map_label_to_token"])
-
-
-def _assert_same_detections(got: BoxList, expected: dict) -> None:
-    assert len(got) == len(expected["scores"])
-    order_got = torch.argsort(got.get_field("scores"), descending=True)
-    order_exp = torch.argsort(expected["scores"], descending=True)
-    torch.testing.assert_close(got.get_field("scores")[order_got], expected["scores"][order_exp],
-                               atol=1e-3, rtol=0)
-    # Match every expected detection to a predicted one with the same label and (almost) the same box.
-    boxes, labels = got.bbox, got.get_field("labels")
-    for box, label in zip(expected["boxes_xyxy"], expected["labels"]):
-        same = (labels == label) & ((boxes - box).abs().max(dim=1).values < 1e-3)
-        assert same.any(), f"no detection for label {int(label)} box {box.tolist()}"
 
 
 def test_state_dict_of_full_glip_t_matches_official():
@@ -81,12 +45,12 @@ def planned_model(request, small_model):
 
 
 def test_eval_predictions_match_official(planned_model, small_case):
-    detections = _eval_forward(planned_model, small_case)
+    detections = eval_forward(planned_model, small_case)
     expected = small_case["eval"]["predictions"]
     assert len(detections) == len(expected)
     for got, exp in zip(detections, expected):
         assert tuple(got.size) == tuple(exp["image_size_wh"])
-        _assert_same_detections(got, exp)
+        assert_same_detections(got, exp)
 
 
 @pytest.fixture
@@ -99,17 +63,17 @@ def small_inference_chunks(monkeypatch):
 
 
 def test_eval_predictions_match_official_in_small_chunks(small_model, small_case, small_inference_chunks):
-    detections = _eval_forward(small_model, small_case)
+    detections = eval_forward(small_model, small_case)
     for got, exp in zip(detections, small_case["eval"]["predictions"]):
-        _assert_same_detections(got, exp)
+        assert_same_detections(got, exp)
 
 
 def test_bf16_autocast_scores_stay_close_to_fp32(small_model, small_case, small_inference_chunks, record_property):
     """CPU bfloat16 autocast on the small golden case: the sorted detection scores of each image stay within 0.01
     of float32's (measured 0.0046; near the 0.05 score threshold a few detections come and go)."""
-    fp32 = _eval_forward(small_model, small_case)
+    fp32 = eval_forward(small_model, small_case)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = _eval_forward(small_model, small_case)
+        bf16 = eval_forward(small_model, small_case)
     deviation = 0.0
     for a, b in zip(fp32, bf16):
         assert abs(len(a) - len(b)) <= max(2, len(a) // 8)
@@ -122,21 +86,12 @@ def test_bf16_autocast_scores_stay_close_to_fp32(small_model, small_case, small_
 
 
 def test_two_eval_forwards_are_identical(small_model, small_case):
-    first = _eval_forward(small_model, small_case)
-    second = _eval_forward(small_model, small_case)
+    first = eval_forward(small_model, small_case)
+    second = eval_forward(small_model, small_case)
     for a, b in zip(first, second):
         assert torch.equal(a.bbox, b.bbox)
         assert torch.equal(a.get_field("scores"), b.get_field("scores"))
         assert torch.equal(a.get_field("labels"), b.get_field("labels"))
-
-
-def _train_targets(case):
-    targets = []
-    for t in case["inputs"]["train"]["targets"]:
-        box = BoxList(t["boxes_xyxy"].clone(), tuple(t["image_size_wh"]), mode="xyxy")
-        box.add_field("labels", t["labels"].clone())
-        targets.append(box)
-    return targets
 
 
 def test_train_losses_and_gradients_match_official(planned_model, small_case):
@@ -144,7 +99,7 @@ def test_train_losses_and_gradients_match_official(planned_model, small_case):
     small_model.train()
     small_model.zero_grad(set_to_none=True)
     given = small_case["inputs"]["train"]
-    losses = small_model(_image_list(small_case), targets=_train_targets(small_case),
+    losses = small_model(image_list(small_case), targets=train_targets(small_case),
                          captions=given["captions"], positive_map=given["positive_map"].clone())
     expected = small_case["train"]["losses"]
     assert set(losses) == set(expected)
@@ -187,9 +142,9 @@ def test_golden_case_on_cuda(small_state_dict, small_case, plan):
         detections = model(images, captions=inputs["eval"]["captions"],
                            positive_map=inputs["eval"]["positive_map_label_to_token"])
     for got, exp in zip(detections, small_case["eval"]["predictions"]):
-        _assert_same_detections(got.to("cpu"), exp)
+        assert_same_detections(got.to("cpu"), exp)
     model.train()
-    targets = [target.to("cuda") for target in _train_targets(small_case)]
+    targets = [target.to("cuda") for target in train_targets(small_case)]
     losses = model(images, targets=targets, captions=inputs["train"]["captions"],
                    positive_map=inputs["train"]["positive_map"].cuda())
     for name, value in small_case["train"]["losses"].items():

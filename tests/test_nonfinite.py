@@ -3,7 +3,6 @@
 torchvision's kernel crashes the process (segmentation fault) on NaN offsets, so every case that could reach a
 kernel runs in a subprocess: a regression shows as a failed test, not as a crashed test session.
 """
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,16 +15,15 @@ import torch
 from PIL import Image
 
 from conftest import SMALL
+from helpers import (ROOT, load_tool, small_train_options, subprocess_env, train_net_command,
+                     write_small_weights, write_tiny_coco)
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.layers.deform_conv import ModulatedDeformConv, NonFiniteOffsetError, check_finite_offsets
-from test_trainer import _env, small_train_options, train_net_command, write_small_weights, write_tiny_coco
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_python(code: str, *args: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT, env=_env(**env),
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT, env=subprocess_env(**env),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -184,9 +182,7 @@ def test_evaluation_of_non_finite_inputs_stops_with_a_clear_error(tmp_path, smal
     cfg.merge_from_list(opts)
     model = build_detection_model(cfg)
     model.load_state_dict(small_state_dict)
-    spec = importlib.util.spec_from_file_location("test_grounding_net", ROOT / "tools" / "test_grounding_net.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("tools/test_grounding_net.py")
     argv = ["--config-file", str(SMALL / "config.yaml"), "--task_config", str(task_config), *opts,
             "OUTPUT_DIR", str(tmp_path / "out"), "TEST.EVAL_TASK", "detection"]
     with pytest.raises(NonFiniteOffsetError, match=r"^Evaluation stopped: NaN/inf inside the model on the images "

@@ -3,16 +3,13 @@
 Fast tests drive `do_train` with a tiny model and data; the end-to-end ones run tools/train_net.py (and the
 performance launch script) on the small golden model with 96x96 images of a COCO-format folder written here.
 """
-import importlib.util
 import io
-import json
 import logging
 import math
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +23,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from helpers import (ROOT, free_port, load_tool, reference_run, small_train_options, subprocess_env,
+                     train_net_command, write_tiny_coco)
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.data import CollatedBatch
 from maskrcnn_benchmark.data.build import make_batch_data_sampler, make_data_sampler
@@ -40,7 +39,6 @@ from maskrcnn_benchmark.utils.device import resolve_device
 from maskrcnn_benchmark.utils.ema import ModelEma
 from maskrcnn_benchmark.utils.miscellaneous import save_loss_curve, seed_all, split_constant_zero
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / "tests" / "fixtures" / "small"
 
 
@@ -290,7 +288,7 @@ def test_sigkill_while_writing_a_checkpoint_leaves_only_loadable_checkpoints(tmp
         "for i in range(2, 1000):\n"
         "    ckpt.save(f'model_{i:07d}', iteration=i, payload=big)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path)], cwd=ROOT, env=_env())
+    process = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path)], cwd=ROOT, env=subprocess_env())
     try:
         deadline = time.time() + 120
         while not (tmp_path / "last_checkpoint").exists() or \
@@ -331,93 +329,10 @@ def test_device_and_amp_choice(caplog):
 # ----------------------------------------------------------------------------------------------------------------
 # End to end: tools/train_net.py on the small golden model
 # ----------------------------------------------------------------------------------------------------------------
-CATEGORIES = [{"id": 3, "name": "car"}, {"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
-
-
-def write_tiny_coco(root: Path, num_images: int, size: int = 96, seed: int = 0) -> Path:
-    """A COCO-format folder (coco/{train2017,val2017,annotations}) of random images with 2 boxes each."""
-    rng = np.random.default_rng(seed)
-    for folder in ("train2017", "val2017", "annotations"):
-        (root / "coco" / folder).mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for index in range(num_images):
-        name = f"{index + 1:012d}.jpg"
-        pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-        for split in ("train2017", "val2017"):
-            Image.fromarray(pixels).save(root / "coco" / split / name, quality=95)
-        images.append({"id": index + 1, "file_name": name, "width": size, "height": size})
-        for box in range(2):
-            x, y = (int(v) for v in rng.integers(0, size // 2, 2))
-            w, h = (int(v) for v in rng.integers(8, size // 2, 2))
-            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "iscrowd": 0,
-                                "category_id": CATEGORIES[(index + box) % 3]["id"], "area": float(w * h),
-                                "bbox": [float(x), float(y), float(w), float(h)]})
-    for split in ("train2017", "val2017"):
-        with open(root / "coco" / "annotations" / f"instances_{split}.json", "w") as f:
-            json.dump({"images": images, "annotations": annotations, "categories": CATEGORIES}, f)
-    return root
-
-
-def write_small_weights(path: Path) -> Path:
-    """The small golden model's weights as a checkpoint file (MODEL.WEIGHT)."""
-    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
-    from make_fixtures import load_small_state_dict
-
-    torch.save({"model": load_small_state_dict()}, path)
-    return path
-
-
-def _env(**extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
-def small_train_options(weights: Path, max_iter: int = 5) -> list:
-    """Config overrides of the end-to-end runs: small model, 96x96 images, 2 images per global batch.
-
-    96 pixels keep the P6 map at 2x2: CPU bfloat16 convolution backward (oneDNN) intermittently returns
-    non-finite weight gradients for the stride-2 P7 conv on a 1x1 map (images under 65 pixels).
-    """
-    return [
-        "MODEL.LANGUAGE_BACKBONE.MODEL_PATH", str(SMALL / "bert"), "MODEL.WEIGHT", str(weights),
-        "MODEL.DEVICE", "cpu", "MODEL.DYHEAD.FUSE_CONFIG.ATTN_DROPOUT", "0.0",
-        "DATASETS.TRAIN", '("coco_grounding_train",)', "DATASETS.TEST", '("coco_2017_val",)',
-        "DATASETS.DISABLE_SHUFFLE", "True", "AUGMENT.MULT_MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
-        "AUGMENT.FLIP_PROB_TRAIN", "0.0", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.ASPECT_RATIO_GROUPING", "False",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_EPOCH", "0", "SOLVER.MAX_ITER", str(max_iter),
-        "SOLVER.BASE_LR", "0.0001", "SOLVER.LANG_LR", "0.0001", "SOLVER.WARMUP_ITERS", "1",
-        "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.LOG_PERIOD", "1", "SOLVER.MODEL_EMA", "0.9",
-    ]
-
-
-def train_net_command(output_dir: Path, options: list, *flags: str) -> list:
-    return [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file", str(SMALL / "config.yaml"),
-            "--override_output_dir", str(output_dir), *flags, *options]
-
-
-_REFERENCE = {}
-
-
-def reference_run(tmp_path_factory) -> dict:
-    """One uninterrupted fp32 run of 5 iterations on 2 images (shared by the resume, AMP and DDP tests)."""
-    if not _REFERENCE:
-        root = tmp_path_factory.mktemp("small_training")
-        data = write_tiny_coco(root / "data", num_images=2)
-        weights = write_small_weights(root / "small.pth")
-        output = root / "reference"
-        subprocess.run(train_net_command(output, small_train_options(weights)), cwd=ROOT, check=True,
-                       env=_env(DATASET=str(data)), capture_output=True)
-        _REFERENCE.update(root=root, data=data, weights=weights, output=output,
-                          final=read_checkpoint(str(output / "model_final.pth")))
-    return _REFERENCE
-
-
 def test_resume_after_sigkill_is_exact(tmp_path_factory):
     reference = reference_run(tmp_path_factory)
     output = reference["root"] / "killed"
-    env = _env(DATASET=str(reference["data"]))
+    env = subprocess_env(DATASET=str(reference["data"]))
     process = subprocess.Popen(train_net_command(output, small_train_options(reference["weights"])), cwd=ROOT,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -446,7 +361,7 @@ def test_bf16_autocast_trains_like_fp32(tmp_path_factory):
     reference = reference_run(tmp_path_factory)
     output = reference["root"] / "bf16"
     subprocess.run(train_net_command(output, small_train_options(reference["weights"]) + ["SOLVER.USE_AMP", "True"]),
-                   cwd=ROOT, env=_env(DATASET=str(reference["data"])), check=True, capture_output=True)
+                   cwd=ROOT, env=subprocess_env(DATASET=str(reference["data"])), check=True, capture_output=True)
     history = read_checkpoint(str(output / "model_final.pth"))["loss_history"]
     assert_trains_like_fp32(history, reference["final"]["loss_history"])
 
@@ -473,7 +388,7 @@ def test_float16_autocast_with_loss_scaling_trains_like_fp32(tmp_path_factory):
     reference = reference_run(tmp_path_factory)
     output = reference["root"] / "fp16"
     options = small_train_options(reference["weights"]) + ["SOLVER.USE_AMP", "True", "SOLVER.AMP_DTYPE", "float16"]
-    subprocess.run(train_net_command(output, options), cwd=ROOT, env=_env(DATASET=str(reference["data"])),
+    subprocess.run(train_net_command(output, options), cwd=ROOT, env=subprocess_env(DATASET=str(reference["data"])),
                    check=True, capture_output=True)
     final = read_checkpoint(str(output / "model_final.pth"))
     assert final["scaler"]["scale"] > 0  # the loss scaler ran and was saved
@@ -483,11 +398,12 @@ def test_float16_autocast_with_loss_scaling_trains_like_fp32(tmp_path_factory):
 
 def test_train_performance_script_runs_the_small_model_on_cpu(tmp_path):
     data = write_tiny_coco(tmp_path / "data", num_images=2)
-    env = _env()
+    env = subprocess_env(MASTER_PORT=str(free_port()))
     del env["OMP_NUM_THREADS"]  # the script's own CPU thread default for the small models
+    output = tmp_path / "output"  # the logs and reports, outside the checkout (default: test/output/<device_id>)
     result = subprocess.run(
         ["bash", "test/train_performance_1p.sh", f"--data_path={data}", "--small", "--early_stop_iteration=2",
-         "--device_id=pytest", f"--work_dir={tmp_path / 'work'}"],
+         "--device_id=pytest", f"--work_dir={tmp_path / 'work'}", f"--output_path={output}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "One CPU thread per process (OMP_NUM_THREADS=1)" in result.stdout
@@ -498,19 +414,15 @@ def test_train_performance_script_runs_the_small_model_on_cpu(tmp_path):
     assert re.fullmatch(r"Final Performance images/sec : \d+\.\d+", lines[0]), lines
     assert re.fullmatch(r"Final Train Accuracy : -?\d+\.\d+", lines[1]), lines
     assert re.fullmatch(r"E2E Training Duration sec : \d+", lines[2]), lines
-    output = ROOT / "test" / "output" / "pytest"
-    try:
-        check_terminal_report(result.stdout, tmp_path)
-        report = (output / "GLIP_for_PyTorch_bs1_1p_perf_perf_report.log").read_text()
-        assert re.search(r"ActualFPS = \d+\.\d+", report)
-        assert "CaseName = GLIP_for_PyTorch_bs1_1p_perf" in (output / "GLIP_for_PyTorch_bs1_1p_perf.log").read_text()
-        assert (tmp_path / "work" / "model_0000002.pth").exists()
-    finally:
-        subprocess.run(["rm", "-rf", str(output)], check=True)
+    check_terminal_report(result.stdout, tmp_path)
+    report = (output / "GLIP_for_PyTorch_bs1_1p_perf_perf_report.log").read_text()
+    assert re.search(r"ActualFPS = \d+\.\d+", report)
+    assert "CaseName = GLIP_for_PyTorch_bs1_1p_perf" in (output / "GLIP_for_PyTorch_bs1_1p_perf.log").read_text()
+    assert (tmp_path / "work" / "model_0000002.pth").exists()
 
     missing = subprocess.run(["bash", "test/train_performance_1p.sh", f"--data_path={tmp_path / 'nothing'}",
-                              "--device_id=pytest"], cwd=ROOT, env=_env(), capture_output=True, text=True)
-    subprocess.run(["rm", "-rf", str(output)], check=True)
+                              "--device_id=pytest", f"--output_path={tmp_path / 'missing'}"], cwd=ROOT,
+                             env=subprocess_env(), capture_output=True, text=True)
     assert missing.returncode != 0
     assert "coco/annotations/instances_train2017.json is missing" in missing.stderr and "DATA.md" in missing.stderr
 
@@ -520,11 +432,8 @@ def test_train_performance_script_runs_the_small_model_on_cpu(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 def launch(script: str, *options: str) -> subprocess.CompletedProcess:
     """bash test/<script> with a free rendezvous port (parallel runs must not share torchrun's fixed 29500)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return subprocess.run(["bash", f"test/{script}", *options], cwd=ROOT, env=_env(MASTER_PORT=str(port)),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(["bash", f"test/{script}", *options], cwd=ROOT,
+                          env=subprocess_env(MASTER_PORT=str(free_port())), capture_output=True, text=True, timeout=600)
 
 
 def contents(folder: Path) -> dict:
@@ -609,7 +518,7 @@ def test_train_net_no_resume_starts_from_the_weight_in_a_folder_holding_a_run(tm
     finished = contents(output)
     subprocess.run(train_net_command(output, small_train_options(reference["weights"]), "--no-resume",
                                      "--early_stop_iteration", "1"),
-                   cwd=ROOT, env=_env(DATASET=str(reference["data"])), check=True, capture_output=True)
+                   cwd=ROOT, env=subprocess_env(DATASET=str(reference["data"])), check=True, capture_output=True)
     log = (output / "log.txt").read_text()
     assert "--no-resume: starting from MODEL.WEIGHT; model_final.pth" in log and "Resuming from" not in log
     assert (output / "last_checkpoint").read_text() == "model_0000001.pth"
@@ -650,8 +559,8 @@ def check_terminal_report(out: str, tmp_path: Path) -> None:
     demo = re.search(r"^Try the model: +(python tools/demo\.py .*)$", out, re.M).group(1)
     picture = tmp_path / "demo.png"
     assert " --out demo.png " in demo
-    subprocess.run(["bash", "-c", demo.replace(" --out demo.png ", f" --out {picture} ")], cwd=ROOT, env=_env(),
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(["bash", "-c", demo.replace(" --out demo.png ", f" --out {picture} ")], cwd=ROOT,
+                   env=subprocess_env(), check=True, capture_output=True, timeout=300)
     with Image.open(picture) as png:
         assert min(png.size) >= 512
 
@@ -706,9 +615,7 @@ def test_loss_curve_leaves_out_losses_that_are_zero_throughout(tmp_path, caplog)
 
 
 def _progress_filter(in_place: bool, clock=lambda: 0.0):
-    spec = importlib.util.spec_from_file_location("show_progress", ROOT / "test" / "show_progress.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("test/show_progress.py")
     out = io.StringIO()
     return module.ProgressFilter(out, in_place=in_place, clock=clock), out
 

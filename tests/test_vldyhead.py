@@ -5,39 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FIXTURES, SMALL, small_raw_cfg
+from conftest import FIXTURES, SMALL
+from helpers import HEAD_PREFIX, head_cfg, head_inputs, small_head
 from transformers import BertConfig
 
 from maskrcnn_benchmark.layers.deform_conv import modulated_deform_conv
-from maskrcnn_benchmark.modeling.rpn.vldyhead import DyConv, VLDyHead, VLFuse, build_vldyhead
+from maskrcnn_benchmark.modeling.rpn.vldyhead import DyConv, VLFuse, build_vldyhead
 
 TOL = dict(atol=1e-4, rtol=1e-4)
-HEAD_PREFIX = "rpn.head."
 GLIP_T_BERT = Path(__file__).resolve().parents[1] / "maskrcnn_benchmark/text/bert-base-uncased"
-
-
-def head_cfg(attn_dropout: float = 0.1, use_checkpoint: bool = False):
-    """The small golden config plus the fusion-attention keys this port adds."""
-    cfg = small_raw_cfg()
-    fuse = cfg.MODEL.DYHEAD.FUSE_CONFIG
-    fuse.ATTN_DROPOUT = attn_dropout
-    fuse.ATTN_EMBED_DIM = 2048
-    fuse.ATTN_NUM_HEADS = 8
-    cfg.MODEL.DYHEAD.USE_CHECKPOINT = use_checkpoint
-    return cfg
-
-
-def small_head(state_dict: dict, **cfg_kwargs) -> VLDyHead:
-    """Build the small head and load the golden weights strictly."""
-    head = build_vldyhead(head_cfg(**cfg_kwargs), BertConfig.from_pretrained(SMALL / "bert"))
-    head_state = {k[len(HEAD_PREFIX):]: v for k, v in state_dict.items() if k.startswith(HEAD_PREFIX)}
-    head.load_state_dict(head_state, strict=True)
-    return head
-
-
-def head_inputs(case: dict) -> tuple[list[torch.Tensor], dict]:
-    intermediates = case["eval"]["intermediates"]
-    return list(intermediates["fpn_outputs"]), dict(intermediates["language_backbone"])
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from yacs.config import CfgNode
 
-from maskrcnn_benchmark.config import PORT_KEYS, cfg, check_supported, get_cfg_defaults, unsupported_settings
+from maskrcnn_benchmark.config import (PORT_KEYS, cfg, check_supported, compat, get_cfg_defaults, key_status,
+                                       unsupported_settings)
 from maskrcnn_benchmark.config.config_node import ConfigFileError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,10 +208,25 @@ def test_check_supported_accepts_glip_t_with_each_task_config(task):
     check_supported(_merged(GLIP_T, task))
 
 
-@pytest.mark.parametrize("opts", [README_EVAL_LVIS, README_FINETUNE_ODINW, README_TRAIN_COCO],
-                         ids=["eval_lvis", "finetune_odinw", "train_coco"])
+@pytest.mark.parametrize("opts", [README_EVAL_LVIS, README_TRAIN_COCO], ids=["eval_lvis", "train_coco"])
 def test_check_supported_accepts_the_official_glip_t_commands(opts):
     check_supported(_merged(GLIP_T, CONFIGS / "lvis" / "minival.yaml", opts=opts))
+
+
+def test_check_supported_refuses_the_odinw_recipe_at_config_time():
+    # Decision: the ODinW fine-tuning command asks for the auto-step schedule and early stopping, which are not
+    # built. They are refused by the one table when the config is checked (build_detection_model, the solver and
+    # data builders), not accepted there and refused later by make_optimizer. Everything else the command sets
+    # is built or has no effect.
+    odinw = _merged(GLIP_T, CONFIGS / "lvis" / "minival.yaml", opts=README_FINETUNE_ODINW)
+    assert [p.split(" = ")[0] for p in unsupported_settings(odinw)] == [
+        "SOLVER.USE_AUTOSTEP", "SOLVER.AUTO_TERMINATE_PATIENCE"]
+    with pytest.raises(ValueError, match=r"(?s)SOLVER\.USE_AUTOSTEP = True .*supported: False"
+                                         r".*SOLVER\.AUTO_TERMINATE_PATIENCE = 8 .*supported: -1"):
+        check_supported(odinw)
+    assert unsupported_settings(odinw, ("MODEL", "DATASETS", "TEST")) == []
+    odinw.merge_from_list(["SOLVER.USE_AUTOSTEP", "False", "SOLVER.AUTO_TERMINATE_PATIENCE", "-1"])
+    check_supported(odinw)
 
 
 @pytest.mark.parametrize("dump", DUMPS[1:], ids=["glip_t_merged", "small"])
@@ -315,3 +332,186 @@ def test_get_cfg_defaults_returns_a_fresh_mutable_copy():
     fresh.DATASETS.REGISTER.my_set = CfgNode({"img_dir": "a", "ann_file": "b.json"})
     assert cfg.MODEL.DYHEAD.NUM_CONVS == 4 and len(cfg.DATASETS.REGISTER) == 0
     assert get_cfg_defaults().MODEL.DYHEAD.NUM_CONVS == 4
+
+
+# ---- the one table of what is built (config/compat.py): every defaults key has a status ------------------------
+
+PACKAGE = ROOT / "maskrcnn_benchmark"
+CONFIG_TABLES = (PACKAGE / "config" / "defaults.py", PACKAGE / "config" / "compat.py")
+
+
+def _leaf_keys(node: CfgNode, prefix: str = "") -> list:
+    """Full keys of the leaves of `node`; an open (new_allowed) section is one leaf."""
+    keys = []
+    for key, value in node.items():
+        if isinstance(value, CfgNode) and not value.is_new_allowed():
+            keys += _leaf_keys(value, prefix + key + ".")
+        else:
+            keys.append(prefix + key)
+    return keys
+
+
+def _code_reading(name: str) -> list:
+    """Source files outside the config tables that access a key called `name` (`.NAME` or `"NAME"`)."""
+    pattern = re.compile(r"\." + name + r"\b|[\"']" + name + r"[\"']")
+    files = [p for p in sorted(PACKAGE.rglob("*.py")) + sorted((ROOT / "tools").glob("*.py"))
+             if p not in CONFIG_TABLES]
+    return [p for p in files if pattern.search(p.read_text())]
+
+
+def _table_keys(table: dict) -> list:
+    return [".".join(filter(None, [section, key])) for section, keys in table.items() for key in keys]
+
+
+def test_every_default_key_is_read_accepted_without_effect_or_refused():
+    statuses = {key: key_status(key) for key in _leaf_keys(get_cfg_defaults())}
+    assert [key for key, status in statuses.items() if status == "unknown"] == []
+    assert statuses["MODEL.DYHEAD.NUM_CONVS"] == "read"
+    assert statuses["SOLVER.MIN_LR"].startswith("no effect: read only by the cosine and auto-step schedules")
+    assert statuses["SOLVER.USE_AUTOSTEP"].startswith("refused: ")
+    assert statuses["MODEL.MASK_ON"] == "refused: the mask head"
+    assert statuses["MODEL.RPN.ASPECT_RATIOS"].startswith("refused unless one aspect ratio")
+
+
+def test_the_key_walk_fails_on_a_key_in_no_table():
+    extended = get_cfg_defaults()
+    extended.SOLVER.SOME_NEW_OPTION = 3
+    extended.MODEL.DYHEAD.FUSE_CONFIG.ANOTHER = False
+    unknown = [key for key in _leaf_keys(extended) if key_status(key) == "unknown"]
+    assert unknown == ["MODEL.DYHEAD.FUSE_CONFIG.ANOTHER", "SOLVER.SOME_NEW_OPTION"]
+
+
+def test_the_tables_name_only_default_keys():
+    defaults = set(_leaf_keys(get_cfg_defaults()))
+    listed = (_table_keys(compat.READ_KEYS) + list(compat.NO_EFFECT_KEYS) + list(compat.SUPPORTED_CHOICES)
+              + list(compat.BUILT_RULES))
+    assert [key for key in listed if key not in defaults] == []
+    assert len(_table_keys(compat.READ_KEYS)) == len(set(_table_keys(compat.READ_KEYS)))
+
+
+def test_read_keys_are_read_and_no_effect_keys_are_not():
+    read = [key for key in _leaf_keys(get_cfg_defaults()) if key_status(key) == "read"]
+    assert [key for key in read if not _code_reading(key.rsplit(".", 1)[-1])] == []
+    # A key listed as without effect that some code starts to read belongs in READ_KEYS instead.
+    read_anyway = {key: _code_reading(key.rsplit(".", 1)[-1]) for key in compat.NO_EFFECT_KEYS}
+    assert {key: files for key, files in read_anyway.items() if files} == {}
+
+
+_RULE_BREAKERS = {
+    "MODEL.RPN.ASPECT_RATIOS": (0.5, 1.0, 2.0), "MODEL.RPN.SCALES_PER_OCTAVE": 3,
+    "MODEL.BACKBONE.OUT_CHANNELS": 128, "MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE": 128,
+    "MODEL.BACKBONE.OUT_FEATURES": ("stage2", "stage3", "stage4"), "MODEL.SWINT.OUT_CHANNELS": (96, 192, 384, 512),
+    "SOLVER.TEST_WITH_INFERENCE": False,
+}
+
+
+def _other_value(value):
+    """A value of the same type as `value` that differs from it."""
+    if isinstance(value, CfgNode):
+        return CfgNode({"SOME_SETTING": 1})
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 3
+    if isinstance(value, str):
+        return value + "-unbuilt"
+    if isinstance(value, (tuple, list)):
+        return list(value) + ([value[-1]] if value else ["x"])
+    assert value is None
+    return "x"
+
+
+def _unbuilt_value(key: str):
+    """A value of `key` that selects something this port does not build."""
+    if key in _RULE_BREAKERS:
+        return _RULE_BREAKERS[key]
+    if key in compat.SUPPORTED_CHOICES:
+        supported = compat.SUPPORTED_CHOICES[key][0]
+        value = _other_value(supported[0])
+        assert value not in supported
+        return value
+    return _other_value(_default(key))
+
+
+def _default(key: str):
+    node = get_cfg_defaults()
+    for name in key.split("."):
+        node = node[name]
+    return node
+
+
+def _set(cfg: CfgNode, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    node = cfg
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+
+
+@pytest.fixture(scope="module")
+def glip_t_cfg():
+    return _merged(GLIP_T)
+
+
+def test_each_refused_key_set_to_an_unbuilt_value_is_named(glip_t_cfg):
+    refused = [key for key in _leaf_keys(get_cfg_defaults()) if key_status(key).startswith("refused")]
+    assert len(refused) > 250
+    wrong = {}
+    for key in refused:
+        config = glip_t_cfg.clone()
+        value = _unbuilt_value(key)
+        _set(config, key, value)
+        if key == "SOLVER.TEST_WITH_INFERENCE":
+            config.TEST.DURING_TRAINING = True
+        problems = unsupported_settings(config)
+        named = len(problems) == 1 and problems[0].startswith(f"{key} = {value!r} ")
+        what_is_built = "supported: " in problems[0] or "leave it at its default " in problems[0] if named else False
+        if not (named and what_is_built):
+            wrong[key] = problems
+    assert wrong == {}
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("SOLVER.TEST_WITH_INFERENCE", "False", r"SOLVER\.TEST_WITH_INFERENCE = False is not built by this port; "
+                                            r"supported: True when TEST\.DURING_TRAINING is True"),
+    ("MODEL.RPN.ASPECT_RATIOS", "(0.5, 1.0, 2.0)", r"MODEL\.RPN\.ASPECT_RATIOS = \(0\.5, 1\.0, 2\.0\) is not built "
+                                                   r"by this port; supported: one aspect ratio"),
+    ("DATASETS.CLASS_CONCAT", "True", r"DATASETS\.CLASS_CONCAT = True selects class-id offsets between "
+                                      r"concatenated datasets, which this port does not build; supported: False"),
+])
+def test_refusal_messages_name_the_key_the_value_and_what_is_built(glip_t_cfg, key, value, message):
+    config = glip_t_cfg.clone()
+    config.merge_from_list(["TEST.DURING_TRAINING", "True", key, value])
+    with pytest.raises(ValueError, match=message):
+        check_supported(config)
+
+
+def test_no_effect_keys_merge_and_pass_the_check(glip_t_cfg):
+    config = glip_t_cfg.clone()
+    config.merge_from_list(["MODEL.DYHEAD.FUSE_CONFIG.USE_LAYER_SCALE", "False", "SOLVER.MIN_LR", "0.001",
+                            "DATASETS.MAX_BOX", "10", "DATASETS.USE_CROWD", "True", "AUGMENT.BRIGHTNESS", "0.2",
+                            "SOLVER.TUNING_HIGHLEVEL_OVERRIDE", "linear_prob"])
+    check_supported(config)
+    assert key_status("MODEL.DYHEAD.FUSE_CONFIG.USE_LAYER_SCALE").startswith(
+        "no effect: officially read only by the MHA-S fusion")
+
+
+def test_the_data_evaluation_and_solver_builders_refuse_from_the_one_table(glip_t_cfg):
+    from maskrcnn_benchmark.data.build import build_dataset
+    from maskrcnn_benchmark.engine.inference import inference
+    from maskrcnn_benchmark.solver.build import make_lr_scheduler, make_optimizer
+
+    config = glip_t_cfg.clone()
+    config.merge_from_list(["DATASETS.CLASS_CONCAT", "True", "TEST.EVAL_TASK", "grounding",
+                            "SOLVER.USE_AUTOSTEP", "True", "MODEL.MASK_ON", "True"])
+    # Each builder checks its own sections only: the data builder names the data key, not the solver key.
+    with pytest.raises(ValueError, match=r"DATASETS\.CLASS_CONCAT = True") as error:
+        build_dataset(config, ["coco_grounding_train"], None, None, is_train=True)
+    assert "SOLVER" not in str(error.value) and "MASK_ON" not in str(error.value)
+    with pytest.raises(ValueError, match=r"TEST\.EVAL_TASK = 'grounding' selects the grounding evaluators"):
+        inference(None, None, "val", cfg=config)
+    with pytest.raises(ValueError, match=r"SOLVER\.USE_AUTOSTEP = True") as error:
+        make_optimizer(config, torch.nn.Linear(2, 2))
+    assert "DATASETS" not in str(error.value)
+    with pytest.raises(ValueError, match=r"SOLVER\.USE_AUTOSTEP = True"):
+        make_lr_scheduler(config, torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))

@@ -1,5 +1,6 @@
 """VLDyHead (fusion tower + heads) against the official golden outputs, and the deformable-conv quirk."""
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from conftest import FIXTURES, SMALL
 from helpers import HEAD_PREFIX, head_cfg, head_inputs, small_head
 from transformers import BertConfig
 
+from maskrcnn_benchmark.config import check_supported
 from maskrcnn_benchmark.layers.deform_conv import modulated_deform_conv
 from maskrcnn_benchmark.modeling.rpn.vldyhead import DyConv, VLFuse, build_vldyhead
 
@@ -170,14 +172,32 @@ def test_official_init_values():
     ("MODEL.DYHEAD.USE_DFCONV", False),
 ])
 def test_unsupported_options_raise(path, value):
+    # The head builder only maps keys; the one table (config.compat) refuses the unbuilt variants, naming the
+    # key, the value and what is built.
     cfg = head_cfg()
+    check_supported(cfg)
     node = cfg
     *parents, leaf = path.split(".")
     for name in parents:
         node = getattr(node, name)
     setattr(node, leaf, value)
-    with pytest.raises(ValueError, match=path):
-        build_vldyhead(cfg, BertConfig.from_pretrained(SMALL / "bert"))
+    with pytest.raises(ValueError, match=re.escape(f"{path} = {value!r} ") + r".*(supported: |its default )"):
+        check_supported(cfg)
+
+
+def test_use_layer_scale_leaves_the_mha_b_fusion_unchanged():
+    # Officially only the MHA-S fusion reads FUSE_CONFIG.USE_LAYER_SCALE; the MHA-B block always scales its
+    # residuals by gamma_v/gamma_l. config.compat lists the key as accepted without effect, for that reason.
+    states = {}
+    for use_layer_scale in (True, False):
+        cfg = head_cfg()
+        cfg.MODEL.DYHEAD.FUSE_CONFIG.USE_LAYER_SCALE = use_layer_scale
+        check_supported(cfg)
+        torch.manual_seed(0)
+        states[use_layer_scale] = build_vldyhead(cfg, BertConfig.from_pretrained(SMALL / "bert")).state_dict()
+    assert "dyhead_tower.0.b_attn.gamma_v" in states[False] and "dyhead_tower.0.b_attn.gamma_l" in states[False]
+    assert states[True].keys() == states[False].keys()
+    assert all(torch.equal(states[True][name], states[False][name]) for name in states[True])
 
 
 # ---- modulated deformable conv ------------------------------------------------------------------

@@ -5,7 +5,7 @@ official tools; ``check_supported(cfg)`` rejects settings that need features thi
 """
 from yacs.config import CfgNode
 
-from .compat import check_supported, unsupported_settings
+from .compat import check_supported, key_status, unsupported_settings
 from .defaults import PORT_KEYS
 from .defaults import _C as cfg
 
@@ -15,4 +15,4 @@ def get_cfg_defaults() -> CfgNode:
     return cfg.clone()
 
 
-__all__ = ["PORT_KEYS", "cfg", "check_supported", "get_cfg_defaults", "unsupported_settings"]
+__all__ = ["PORT_KEYS", "cfg", "check_supported", "get_cfg_defaults", "key_status", "unsupported_settings"]

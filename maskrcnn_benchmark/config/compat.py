@@ -1,16 +1,23 @@
-"""Config keys accepted for compatibility only, and the check that a config asks for nothing unbuilt.
+"""The one table of what this port builds, and the check that a config asks for nothing else.
 
-The official GLIP defaults define keys for many features this port does not build (ROI heads, other
-backbones and heads, other language models, extra losses, ...). They are all accepted here, with their
-official defaults, so that every official config file and config dump merges unchanged. Only the GLIP-T
-path (Swin-T + FPN, BERT, VLDyHead with MHA-B fusion and the dot-product token loss, ATSS) is built.
+Every leaf key of the defaults has exactly one status here (a test walks them all, tests/test_config.py):
 
-:func:`check_supported` rejects a config that relies on an unbuilt feature: a key below set to a value other
-than its default, or a "choice" key of the built path (architecture, backbone, language model, head options)
-set to a value whose variant is not built.
+* read: listed in :data:`READ_KEYS`; a builder maps it to a constructor argument, or a tool uses it.
+* accepted without effect: :data:`NO_EFFECT_KEYS` (with the reason), :data:`PLACEHOLDER_KEYS` and
+  :data:`UNREAD_KEYS`; any value merges and changes nothing, as officially or because what reads it is refused.
+* refused when set: :data:`UNBUILT_FEATURES` (a value other than the official default), :data:`SUPPORTED_CHOICES`
+  (a value other than the built ones) and :data:`BUILT_RULES` (a value the built model cannot take, given the
+  rest of the config). A key can be read and refused (MODEL_TYPE: only bert-base-uncased is built).
+
+The official GLIP defaults define keys for many features this port does not build (ROI heads, other backbones
+and heads, other language models, extra losses, ...). They are all accepted here, with their official defaults,
+so that every official config file and config dump merges unchanged. Only the GLIP-T path (Swin-T + FPN, BERT,
+VLDyHead with MHA-B fusion and the dot-product token loss, ATSS) is built. :func:`check_supported`, called by
+build_detection_model, the data and evaluation builders and the solver builders, refuses every setting of the
+third kind, naming the key, the value and what is built; the builders themselves only map keys to arguments.
 """
 import copy
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from .config_node import ConfigNode as CN
 
@@ -259,6 +266,149 @@ SUPPORTED_CHOICES: Dict[str, Tuple[Tuple[Any, ...], str]] = {
     "MODEL.DYHEAD.FUSE_CONFIG.USE_DOT_PRODUCT_TOKEN_LOSS": ((True,), "a head without dot-product token logits"),
     "MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT":
         ((True,), "dot-product logits on language features before the last fusion (GLIP-A)"),
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_CLASSIFICATION_LOSS":
+        ((False,), "the sigmoid classification loss beside the dot-product token loss"),
+    "MODEL.RPN.USE_FPN": ((True,), "single-level anchors without the FPN"),
+    "SOLVER.USE_COSINE": ((False,), "the cosine learning-rate schedule"),
+    "SOLVER.USE_AUTOSTEP": ((False,), "the learning-rate decay on a stalled validation metric (ODinW recipe)"),
+    "SOLVER.AUTO_TERMINATE_PATIENCE": ((-1,), "early stopping on a stalled validation metric (ODinW recipe)"),
+    "SOLVER.WEIGHT_DECAY_SCHEDULE": ((False,), "the weight-decay schedule"),
+    "DATASETS.SPECIAL_SAFEGUARD_FOR_COCO_GROUNDING": ((False,), "GLIP's LVIS caption sampling"),
+    "DATASETS.CLASS_CONCAT": ((False,), "class-id offsets between concatenated datasets"),
+    "DATASETS.SAMPLE_RATIO": ((0.0,), "random subsampling of the boxes of each image"),
+    "TEST.EVAL_TASK": (("", "detection"), "the grounding evaluators (Flickr30k, LVIS)"),
+}
+
+
+def _equals_key(other: str) -> Callable[[Any, Callable[[str], Any]], bool]:
+    """A rule: the value equals the config's `other` key (or `other` is absent from a partial config)."""
+    def rule(value: Any, lookup: Callable[[str], Any]) -> bool:
+        other_value = lookup(other)
+        return other_value is _MISSING or value == other_value
+    return rule
+
+
+def _evaluates_with_inference(value: Any, lookup: Callable[[str], Any]) -> bool:
+    """SOLVER.TEST_WITH_INFERENCE: only its True path (the prompted evaluation) runs during training."""
+    return bool(value) or lookup("TEST.DURING_TRAINING") is not True
+
+
+def _is_swin_stage_widths(value: Any, lookup: Callable[[str], Any]) -> bool:
+    """MODEL.SWINT.OUT_CHANNELS: the widths EMBED_DIM * 2**i of the Swin stages."""
+    embed_dim, depths = lookup("MODEL.SWINT.EMBED_DIM"), lookup("MODEL.SWINT.DEPTHS")
+    if embed_dim is _MISSING or depths is _MISSING:
+        return True
+    return list(value) == [embed_dim * 2 ** i for i in range(len(depths))]
+
+
+# Key -> (rule on its value given the config, what is built). A value breaking the rule is refused.
+BUILT_RULES: Dict[str, Tuple[Callable[[Any, Callable[[str], Any]], bool], str]] = {
+    "MODEL.RPN.ASPECT_RATIOS": (lambda value, _: len(value) == 1, "one aspect ratio (one anchor per location)"),
+    "MODEL.RPN.SCALES_PER_OCTAVE": (lambda value, _: value == 1, "1 (one anchor per location)"),
+    "MODEL.BACKBONE.OUT_CHANNELS": (_equals_key("MODEL.DYHEAD.CHANNELS"), "MODEL.DYHEAD.CHANNELS"),
+    "MODEL.DYHEAD.FUSE_CONFIG.JOINT_EMB_SIZE": (_equals_key("MODEL.DYHEAD.CHANNELS"), "MODEL.DYHEAD.CHANNELS"),
+    "MODEL.BACKBONE.OUT_FEATURES": (lambda value, _: tuple(value)[-3:] == ("stage3", "stage4", "stage5"),
+                                    "ending with 'stage3', 'stage4', 'stage5' (the FPN inputs C3-C5)"),
+    "MODEL.SWINT.OUT_CHANNELS": (_is_swin_stage_widths, "the Swin stage widths MODEL.SWINT.EMBED_DIM * 2**i"),
+    "SOLVER.TEST_WITH_INFERENCE": (_evaluates_with_inference, "True when TEST.DURING_TRAINING is True (the "
+                                   "prompted evaluation; the official caption-based evaluation is not built)"),
+}
+
+# Keys of config/defaults.py that any value leaves without effect -> why. The official code has the same keys;
+# here nothing reads them, either because officially they change nothing on the built path or because what
+# reads them is refused above.
+_NO_EFFECT_IN_TRANSFORMS = ("the official build_transforms reads it but builds only resize, horizontal flip and "
+                            "normalisation, as here")
+_GROUNDING_SETS_IGNORE = ("the official builder passes it to the dataset, and the grounding training sets "
+                          "(CocoGrounding, the only ones this port trains on) ignore it")
+_COPY_OF_NAMED_SET = ("repeat factor of one named set of the official catalog (flickr30k, mixed, the odinw-8copy "
+                      "sets), none of them in this port's catalog; DATASETS.GENERAL_COPY repeats the others")
+NO_EFFECT_KEYS: Dict[str, str] = {
+    "MODEL.FOCAL.FG_IOU_THRESHOLD": "the IoU matcher of non-ATSS heads; the VL head assigns with ATSS (MODEL.ATSS)",
+    "MODEL.FOCAL.BG_IOU_THRESHOLD": "the IoU matcher of non-ATSS heads; the VL head assigns with ATSS (MODEL.ATSS)",
+    "MODEL.FOCAL.LOSS_ALPHA": "only the sigmoid classification loss reads it (USE_CLASSIFICATION_LOSS, refused); "
+                              "the token loss uses MODEL.DYHEAD.FUSE_CONFIG.TOKEN_ALPHA",
+    "MODEL.FOCAL.LOSS_GAMMA": "only the sigmoid classification loss reads it (USE_CLASSIFICATION_LOSS, refused); "
+                              "the token loss uses MODEL.DYHEAD.FUSE_CONFIG.TOKEN_GAMMA",
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_LAYER_SCALE": "officially read only by the MHA-S fusion (not built); the MHA-B "
+                                                "fusion always scales its residuals by gamma_v/gamma_l",
+    "AUGMENT.VERTICAL_FLIP_PROB_TRAIN": _NO_EFFECT_IN_TRANSFORMS,
+    "AUGMENT.BRIGHTNESS": _NO_EFFECT_IN_TRANSFORMS,
+    "AUGMENT.CONTRAST": _NO_EFFECT_IN_TRANSFORMS,
+    "AUGMENT.SATURATION": _NO_EFFECT_IN_TRANSFORMS,
+    "AUGMENT.HUE": _NO_EFFECT_IN_TRANSFORMS,
+    "AUGMENT.CROP_PROB": _NO_EFFECT_IN_TRANSFORMS,
+    "AUGMENT.CROP_MIN_IOUS": _NO_EFFECT_IN_TRANSFORMS,
+    "AUGMENT.CROP_MIN_SIZE": _NO_EFFECT_IN_TRANSFORMS,
+    "DATASETS.USE_CROWD": _GROUNDING_SETS_IGNORE,
+    "DATASETS.MAX_BOX": _GROUNDING_SETS_IGNORE,
+    "DATASETS.SHUFFLE_SEED": _GROUNDING_SETS_IGNORE,
+    "DATASETS.USE_OD_AUG": _GROUNDING_SETS_IGNORE,
+    "DATASETS.PROMPT_VERSION": _GROUNDING_SETS_IGNORE,
+    "DATASETS.CONTROL_PROB": _GROUNDING_SETS_IGNORE,
+    "DATASETS.RANDOM_SAMPLE_NEG": "the grounding training sets read it only with "
+                                  "DATASETS.SPECIAL_SAFEGUARD_FOR_COCO_GROUNDING (refused)",
+    "DATASETS.COCO_COPY": _COPY_OF_NAMED_SET,
+    "DATASETS.LVIS_COPY": _COPY_OF_NAMED_SET,
+    "DATASETS.FLICKR_COPY": _COPY_OF_NAMED_SET,
+    "DATASETS.MIXED_COPY": _COPY_OF_NAMED_SET,
+    "DATASETS.OBJECT365_COPY": _COPY_OF_NAMED_SET,
+    "DATASETS.VG_COPY": _COPY_OF_NAMED_SET,
+    "DATASETS.OI_COPY": _COPY_OF_NAMED_SET,
+    "DATASETS.IN_COPY": _COPY_OF_NAMED_SET,
+    "DATASETS.LVIS_USE_NORMAL_AP": "read only by the LVIS evaluator, not built (TEST.EVAL_TASK is refused)",
+    "DATASETS.FLICKR_GT_TYPE": "read only by the Flickr30k evaluator, not built (TEST.EVAL_TASK is refused)",
+    "SOLVER.MIN_LR": "read only by the cosine and auto-step schedules (USE_COSINE, USE_AUTOSTEP: refused)",
+    "SOLVER.STEP_PATIENCE": "read only by the auto-step schedule (USE_AUTOSTEP: refused)",
+    "SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO": "read only by the weight-decay schedule (WEIGHT_DECAY_SCHEDULE: refused)",
+    "SOLVER.DATASET_LENGTH": "an output: the official data builder writes the training set's length there",
+    "SOLVER.TUNING_HIGHLEVEL_OVERRIDE": "read only by the official tools/finetune.py (a preset of the FREEZE, "
+                                        "LINEAR_PROB and ADD_LINEAR_LAYER keys), not by train_net: set those keys",
+    "PATHS_CATALOG": "the catalog is this package's paths_catalog.py (add datasets with DATASETS.REGISTER); "
+                     "an official dump holds the dumping machine's path",
+}
+
+# {section: key names} of config/defaults.py that the code reads: a builder maps them to constructor arguments
+# or a tool uses them. The key-walk test fails on a defaults key that is in no table of this module, so that a
+# new key cannot be ignored unnoticed, and checks that each key listed here appears in the code.
+READ_KEYS: Dict[str, Tuple[str, ...]] = {
+    "": ("OUTPUT_DIR",),
+    "MODEL": ("DEVICE", "WEIGHT", "LINEAR_PROB", "EXECUTION_PLAN", "ALLOW_MISSING_WEIGHTS"),
+    "MODEL.BACKBONE": ("FREEZE_CONV_BODY_AT", "FREEZE", "OUT_CHANNELS", "OUT_FEATURES", "USE_CHECKPOINT"),
+    "MODEL.SWINT": ("EMBED_DIM", "OUT_CHANNELS", "DEPTHS", "NUM_HEADS", "WINDOW_SIZE", "MLP_RATIO",
+                    "DROP_PATH_RATE"),
+    "MODEL.FPN": ("FREEZE", "DROP_BLOCK", "DROP_PROB", "DROP_SIZE"),
+    "MODEL.GROUP_NORM": ("NUM_GROUPS",),
+    "MODEL.LANGUAGE_BACKBONE": ("FREEZE", "USE_CHECKPOINT", "LANG_DIM", "MAX_QUERY_LEN", "N_LAYERS", "MASK_SPECIAL",
+                                "PAD_MAX", "MODEL_PATH", "TOKENIZER_PATH"),
+    "MODEL.RPN": ("ANCHOR_SIZES", "ANCHOR_STRIDE", "ASPECT_RATIOS", "STRADDLE_THRESH", "OCTAVE", "SCALES_PER_OCTAVE",
+                  "FREEZE"),
+    "MODEL.ATSS": ("NUM_CLASSES", "INFERENCE_TH", "NMS_TH", "PRE_NMS_TOP_N", "TOPK", "REG_LOSS_WEIGHT",
+                   "DETECTIONS_PER_IMG", "INFERENCE_TH_TRAIN", "PRE_NMS_TOP_N_TRAIN", "POST_NMS_TOP_N_TRAIN"),
+    "MODEL.DYHEAD": ("NUM_CLASSES", "PRIOR_PROB", "NUM_CONVS", "CHANNELS", "SCORE_AGG", "LOG_SCALE",
+                     "USE_CHECKPOINT"),
+    "MODEL.DYHEAD.FUSE_CONFIG": (
+        "JOINT_EMB_SIZE", "TOKEN_GAMMA", "TOKEN_ALPHA", "DOT_PRODUCT_TOKEN_LOSS_WEIGHT", "CLAMP_MIN_FOR_UNDERFLOW",
+        "CLAMP_MAX_FOR_OVERFLOW", "CLAMP_BERTATTN_MIN_FOR_UNDERFLOW", "CLAMP_BERTATTN_MAX_FOR_OVERFLOW",
+        "CLAMP_DOT_PRODUCT", "ADD_LINEAR_LAYER", "ATTN_DROPOUT", "ATTN_EMBED_DIM", "ATTN_NUM_HEADS",
+    ),
+    "INPUT": ("MIN_SIZE_TRAIN", "MAX_SIZE_TRAIN", "MIN_SIZE_TEST", "MAX_SIZE_TEST", "PIXEL_MEAN", "PIXEL_STD",
+              "TO_BGR255", "FORMAT", "FIX_RES"),
+    "AUGMENT": ("FLIP_PROB_TRAIN", "MULT_MIN_SIZE_TRAIN"),
+    "DATASETS": ("TRAIN", "TEST", "CLASS_AGNOSTIC", "FEW_SHOT", "REGISTER", "GENERAL_COPY", "GENERAL_COPY_TEST",
+                 "ADD_DET_PROMPT", "DISABLE_SHUFFLE", "DISABLE_CLIP_TO_IMAGE", "SEPARATION_TOKENS",
+                 "TRAIN_DATASETNAME_SUFFIX", "TEST_DATASETNAME_SUFFIX", "OVERRIDE_CATEGORY", "USE_OVERRIDE_CATEGORY",
+                 "SUPRESS_QUERY", "USE_SUPRESS_QUERY", "USE_CAPTION_PROMPT", "CAPTION_PROMPT"),
+    "DATALOADER": ("NUM_WORKERS", "SIZE_DIVISIBILITY", "ASPECT_RATIO_GROUPING", "USE_RANDOM_SEED"),
+    "SOLVER": ("USE_AMP", "MAX_ITER", "MAX_EPOCH", "OPTIMIZER", "BASE_LR", "LANG_LR", "BACKBONE_BODY_LR_FACTOR",
+               "BIAS_LR_FACTOR", "GRAD_CLIP", "MODEL_EMA", "MOMENTUM", "WEIGHT_DECAY", "WEIGHT_DECAY_BIAS",
+               "WEIGHT_DECAY_NORM_FACTOR", "GAMMA", "STEPS", "WARMUP_FACTOR", "WARMUP_ITERS", "WARMUP_METHOD",
+               "CHECKPOINT_PERIOD", "CHECKPOINT_PER_EPOCH", "IMS_PER_BATCH", "MAX_NEG_PER_BATCH", "SEED",
+               "FIND_UNUSED_PARAMETERS", "USE_EMA_FOR_MONITOR", "AMP_DTYPE", "LOG_PERIOD", "KEEP_LAST_CHECKPOINTS",
+               "SKIP_NONFINITE_STEPS", "DDP_TIMEOUT_MINUTES"),
+    "SOLVER.CLIP_GRADIENTS": ("ENABLED", "CLIP_VALUE", "CLIP_TYPE"),
+    "TEST": ("EXPECTED_RESULTS", "EXPECTED_RESULTS_SIGMA_TOL", "DURING_TRAINING", "IMS_PER_BATCH", "SUBSET",
+             "CHUNKED_EVALUATION", "MDETR_STYLE_AGGREGATE_CLASS_NUM", "AFTER_TRAINING", "EVAL_PERIOD"),
 }
 
 
@@ -322,27 +472,76 @@ def _differs(value: Any, default: Any) -> bool:
     return _canonical(value) != _canonical(default)
 
 
-def unsupported_settings(cfg: CN) -> List[str]:
-    """One message per setting of `cfg` that needs a feature this port does not build (empty if none)."""
+def _in_sections(full_key: str, sections: Sequence[str] | None) -> bool:
+    """Whether `full_key` lies in one of the dotted `sections` (None: every key)."""
+    return sections is None or any(full_key == s or full_key.startswith(s + ".") for s in sections)
+
+
+def _refused_choices(cfg: CN, sections: Sequence[str] | None) -> List[str]:
+    """Messages for the SUPPORTED_CHOICES and BUILT_RULES keys of `cfg` set to a value that is not built."""
     problems = []
     for full_key, (supported, selects) in SUPPORTED_CHOICES.items():
         value = _lookup(cfg, full_key)
-        if value is not _MISSING and value not in supported:
+        if _in_sections(full_key, sections) and value is not _MISSING and value not in supported:
             problems.append(f"{full_key} = {value!r} selects {selects}, which this port does not build; "
                             f"supported: {', '.join(repr(v) for v in supported)}")
-    for feature, sections in UNBUILT_FEATURES.items():
-        for section, keys in sections.items():
+    for full_key, (rule, built) in BUILT_RULES.items():
+        value = _lookup(cfg, full_key)
+        if _in_sections(full_key, sections) and value is not _MISSING and not rule(value, lambda k: _lookup(cfg, k)):
+            problems.append(f"{full_key} = {value!r} is not built by this port; supported: {built}")
+    return problems
+
+
+def _refused_features(cfg: CN, sections: Sequence[str] | None) -> List[str]:
+    """Messages for the UNBUILT_FEATURES keys of `cfg` set to a value other than their official default."""
+    problems = []
+    for feature, feature_sections in UNBUILT_FEATURES.items():
+        for section, keys in feature_sections.items():
             for key, default in keys.items():
                 full_key = _full_key(section, key)
                 value = _lookup(cfg, full_key)
-                if value is not _MISSING and _differs(value, default):
+                if _in_sections(full_key, sections) and value is not _MISSING and _differs(value, default):
                     problems.append(f"{full_key} = {value!r} configures {feature}, which this port does not "
                                     f"build; leave it at its default {default!r}")
     return problems
 
 
-def check_supported(cfg: CN) -> None:
-    """Raise ValueError naming every key, value and feature of `cfg` that this port does not build."""
-    problems = unsupported_settings(cfg)
+def unsupported_settings(cfg: CN, sections: Sequence[str] | None = None) -> List[str]:
+    """One message per setting of `cfg` (in `sections`, None: all) that this port does not build (empty if none)."""
+    return _refused_choices(cfg, sections) + _refused_features(cfg, sections)
+
+
+def check_supported(cfg: CN, sections: Sequence[str] | None = None) -> None:
+    """Raise ValueError naming every key, value and feature of `cfg` (in `sections`) that this port does not build.
+
+    build_detection_model checks every key; the data, evaluation and solver builders check their own sections
+    (a test may build a data loader from a config whose model part is not the built one).
+    """
+    problems = unsupported_settings(cfg, sections)
     if problems:
         raise ValueError("Unsupported config settings:\n  " + "\n  ".join(problems))
+
+
+def _table_keys(table: Dict[str, Any]) -> List[str]:
+    """The full keys of a {section: {key: ...} or (key, ...)} table."""
+    return [_full_key(section, key) for section, keys in table.items() for key in keys]
+
+
+def key_status(full_key: str) -> str:
+    """How this port treats `full_key`: "read", "no effect: <why>", "refused: <feature>", or "unknown"."""
+    if full_key in SUPPORTED_CHOICES:
+        return f"refused: {SUPPORTED_CHOICES[full_key][1]}"
+    if full_key in BUILT_RULES:
+        return f"refused unless {BUILT_RULES[full_key][1]}"
+    for feature, sections in UNBUILT_FEATURES.items():
+        if full_key in _table_keys(sections):
+            return f"refused: {feature}"
+    if full_key in _table_keys(READ_KEYS):
+        return "read"
+    if full_key in NO_EFFECT_KEYS:
+        return f"no effect: {NO_EFFECT_KEYS[full_key]}"
+    if full_key in _table_keys(PLACEHOLDER_KEYS):
+        return "no effect: a placeholder the official task configs set together with the ATSS/DYHEAD key they mean"
+    if full_key in _table_keys(UNREAD_KEYS):
+        return "no effect: the official code reads it nowhere"
+    return "unknown"

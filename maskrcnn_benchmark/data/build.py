@@ -10,6 +10,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
+from maskrcnn_benchmark.config.compat import check_supported
 from maskrcnn_benchmark.config.paths_catalog import DatasetCatalog
 from maskrcnn_benchmark.text import build_tokenizer
 from maskrcnn_benchmark.solver.build import max_iter_from_epochs
@@ -81,11 +82,7 @@ def _check_dataset_config(cfg, dataset_names: Sequence[str]) -> None:
         raise ValueError(f"DATASETS.TRAIN/TEST should be a list of dataset names, got {dataset_names!r}")
     if not dataset_names:
         raise ValueError("No dataset named in DATASETS.TRAIN/TEST")
-    if cfg.DATASETS.SPECIAL_SAFEGUARD_FOR_COCO_GROUNDING:
-        raise NotImplementedError("DATASETS.SPECIAL_SAFEGUARD_FOR_COCO_GROUNDING (GLIP's LVIS caption sampling) "
-                                  "is not supported")
-    if cfg.DATASETS.CLASS_CONCAT:
-        raise NotImplementedError("DATASETS.CLASS_CONCAT is not supported")
+    check_supported(cfg, ("DATASETS", "DATALOADER", "INPUT", "AUGMENT"))  # the data options that are not built
 
 
 def build_dataset(cfg, dataset_names: Sequence[str], transforms: Optional[Callable],

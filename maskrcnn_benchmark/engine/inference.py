@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from maskrcnn_benchmark.config.compat import check_supported
 from maskrcnn_benchmark.data.build import load_list_option
 from maskrcnn_benchmark.data.datasets.od_to_grounding import check_caption_prompt_length, clean_name, join_names
 from maskrcnn_benchmark.data.datasets.positive_maps import create_positive_dict
@@ -172,12 +173,8 @@ def _run_model(detector: PromptedDetector, data_loader, subset: int, verbose: bo
 
 
 def _check_eval_settings(cfg) -> None:
-    task = cfg.TEST.EVAL_TASK
-    if task not in ("", "detection"):
-        raise ValueError(f"TEST.EVAL_TASK={task!r}: this project evaluates detection only (the class-name "
-                         "prompt); the grounding evaluators (Flickr30k, LVIS) are not built.")
-    if cfg.TEST.USE_MULTISCALE:
-        raise ValueError("TEST.USE_MULTISCALE (test-time augmentation) is not built by this project.")
+    """Refuse the evaluation options that are not built (grounding evaluators, test-time augmentation)."""
+    check_supported(cfg, ("TEST",))
     # The official default task "" calls the model without a prompt, which a grounding model cannot run:
     # the class-name prompt is used for it too.
 

@@ -5,6 +5,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from maskrcnn_benchmark.config.compat import check_supported
+
 from .lr_scheduler import WarmupMultiStepLR
 
 logger = logging.getLogger(__name__)
@@ -105,24 +107,9 @@ def build_optimizer(param_groups: List[Dict], name: str, lr: float, momentum: fl
     return plain(param_groups, lr, **extra)
 
 
-# Solver options of the official code that this port does not build, with their "off" value.
-UNSUPPORTED_SOLVER_OPTIONS = {
-    "USE_COSINE": False, "USE_AUTOSTEP": False, "WEIGHT_DECAY_SCHEDULE": False, "AUTO_TERMINATE_PATIENCE": -1,
-}
-
-
-def check_solver_supported(cfg) -> None:
-    """Refuse solver options whose behaviour is not built (no shipped GLIP config uses them)."""
-    used = [f"SOLVER.{key} = {cfg.SOLVER[key]!r}" for key, off in UNSUPPORTED_SOLVER_OPTIONS.items()
-            if cfg.SOLVER[key] != off]
-    if used:
-        raise ValueError(f"Not supported by this port: {', '.join(used)}. GLIP's configs train with the warm-up "
-                         "multi-step schedule and a fixed weight decay.")
-
-
 def make_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """The SOLVER.OPTIMIZER optimizer over the trainable parameters, with SOLVER.CLIP_GRADIENTS (full model)."""
-    check_solver_supported(cfg)
+    check_supported(cfg, ("SOLVER",))  # the schedules of the official code that are not built
     solver = cfg.SOLVER
     groups = build_param_groups(
         model, base_lr=solver.BASE_LR, lang_lr=solver.LANG_LR,
@@ -152,7 +139,7 @@ def make_lr_scheduler(cfg, optimizer: torch.optim.Optimizer, max_iter: Optional[
     With SOLVER.MAX_EPOCH the trainer passes the iteration count derived from the dataset length, so the config
     itself is never modified.
     """
-    check_solver_supported(cfg)
+    check_supported(cfg, ("SOLVER",))
     solver = cfg.SOLVER
     max_iter = solver.MAX_ITER if max_iter is None else max_iter
     return WarmupMultiStepLR(

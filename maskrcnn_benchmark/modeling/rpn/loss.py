@@ -206,24 +206,10 @@ class ATSSLossComputation:
         }
 
 
-_UNSUPPORTED_LOSSES = (
-    "USE_CLASSIFICATION_LOSS",
-    "USE_TOKEN_LOSS",
-    "USE_CONTRASTIVE_ALIGN_LOSS",
-    "USE_SHALLOW_CONTRASTIVE_LOSS",
-    "USE_BACKBONE_SHALLOW_CONTRASTIVE_LOSS",
-)
-
-
 def make_atss_loss_evaluator(cfg, box_coder: BoxCoder) -> ATSSLossComputation:
     """ATSSLossComputation from MODEL.ATSS, MODEL.RPN and MODEL.DYHEAD.FUSE_CONFIG (dot-product token loss only)."""
+    # The other losses are refused by config.check_supported (called by build_detection_model).
     fuse_cfg = cfg.MODEL.DYHEAD.FUSE_CONFIG
-    enabled_unsupported = [name for name in _UNSUPPORTED_LOSSES if fuse_cfg[name]]
-    if enabled_unsupported or not fuse_cfg.USE_DOT_PRODUCT_TOKEN_LOSS:
-        raise ValueError(
-            "only the dot-product token loss (MODEL.DYHEAD.FUSE_CONFIG.USE_DOT_PRODUCT_TOKEN_LOSS) is built; "
-            f"unsupported losses enabled: {enabled_unsupported}"
-        )
     num_anchors_per_location = len(cfg.MODEL.RPN.ASPECT_RATIOS) * cfg.MODEL.RPN.SCALES_PER_OCTAVE
     return ATSSLossComputation(
         box_coder=box_coder,

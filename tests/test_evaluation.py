@@ -1,9 +1,7 @@
 """COCO evaluation: the class-name prompt, mapping back to json ids and pixels, tools/test_grounding_net.py."""
-import importlib.util
 import json
 import os
 import re
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from torch import nn
 import yaml
 
 from conftest import FIXTURES, SMALL
+from helpers import free_port, load_tool
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.data.datasets.coco import COCODataset
 from maskrcnn_benchmark.data.evaluation import COCOResults, evaluate, prepare_for_coco_detection
@@ -48,10 +47,7 @@ SHIFTS = [(0, 0, 0.9), (6, 0, 0.8), (0, 5, 0.7), (3, 3, 0.95), (20, 0, 0.6), (0,
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("test_grounding_net", ROOT / "tools" / "test_grounding_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("tools/test_grounding_net.py")
 
 
 def _write_dataset(folder: Path) -> Path:
@@ -373,9 +369,7 @@ def _distributed_worker(rank: int, world_size: int, port: int, task_config: str,
 
 def test_tool_on_two_processes_gathers_on_rank_0(tiny_coco, tmp_path):
     ann_file, task_config = tiny_coco
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     returned = torch.multiprocessing.Manager().dict()
     torch.multiprocessing.spawn(_distributed_worker, args=(2, port, str(task_config), str(tmp_path), str(ann_file),
                                                            returned), nprocs=2)

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torchvision
 
+from helpers import python_first_env
 from maskrcnn_benchmark.layers import dispatch, npu_ops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,11 +261,11 @@ def test_env_npu_script(tmp_path):
     (toolkit / "set_env.sh").write_text("export FAKE_CANN_SOURCED=1\n")
     show = 'source test/env_npu.sh; echo "$FAKE_CANN_SOURCED|${TASK_QUEUE_ENABLE:-unset}|$LD_LIBRARY_PATH"'
     with_cann = subprocess.run(["bash", "-c", show], cwd=REPO, capture_output=True, text=True, check=True,
-                               env=dict(os.environ, CANN_INSTALL_PATH=str(tmp_path)))
+                               env=python_first_env(CANN_INSTALL_PATH=str(tmp_path)))
     sourced, task_queue, library_path = with_cann.stdout.strip().split("|")
     assert (sourced, task_queue) == ("1", "1")
     assert str(Path(torch.__file__).parent / "lib") in library_path.split(":")
     without = subprocess.run(["bash", "-c", show], cwd=REPO, capture_output=True, text=True, check=True,
-                             env=dict(os.environ, CANN_INSTALL_PATH=str(tmp_path / "missing")))
+                             env=python_first_env(CANN_INSTALL_PATH=str(tmp_path / "missing")))
     assert without.stdout.strip().split("|")[:2] == ["", "unset"]
     assert "no CANN" in without.stderr

@@ -4,7 +4,6 @@ Runs `bash test/train_full_1p.sh --synthetic` (a shorter schedule than the READM
 evaluates the trained weights with `tools/test_grounding_net.py` on re-ordered and partial prompts, and the
 untrained model for comparison.
 """
-import importlib.util
 import io
 import json
 import os
@@ -18,6 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from helpers import free_port, load_tool, python_first_env
 from maskrcnn_benchmark.data.datasets.synthetic import make_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def trained_run(tmp_path_factory):
     proc = subprocess.run(
         ["bash", "test/train_full_1p.sh", "--synthetic", f"--max_epoch={EPOCHS}", f"--device_id={DEVICE_ID}",
          f"--output_path={work}"],
-        cwd=REPO, capture_output=True, text=True, timeout=1500,
+        cwd=REPO, capture_output=True, text=True, timeout=1500, env=python_first_env(MASTER_PORT=str(free_port())),
     )
     log = work / f"train_{DEVICE_ID}.log"
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + (log.read_text()[-3000:] if log.exists()
@@ -47,9 +47,7 @@ def trained_run(tmp_path_factory):
 
 def _evaluate(tmp_path: Path, name: str, extra_yaml: dict, *opts: str) -> float:
     """AP of tools/test_grounding_net.py on the synthetic config plus a task config."""
-    spec = importlib.util.spec_from_file_location("test_grounding_net", REPO / "tools" / "test_grounding_net.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("tools/test_grounding_net.py")
     task = tmp_path / f"{name}.yaml"
     task.write_text(yaml.safe_dump(extra_yaml))
     cwd = os.getcwd()
@@ -138,10 +136,7 @@ def test_main_job_leaves_loss_curve_and_pictures_with_boxes(trained_run):
 
 
 def _draw_detections_tool():
-    spec = importlib.util.spec_from_file_location("draw_detections", REPO / "tools" / "draw_detections.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("tools/draw_detections.py")
 
 
 def test_validation_pictures_stack_the_labels_of_coinciding_boxes():

@@ -124,5 +124,7 @@ setup(
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=read_requirements(),
+    # --use-tensorboard only: pip install -e ".[tensorboard]"
+    extras_require={"tensorboard": ["tensorboard>=2.10"]},
     **extension_setup(),
 )

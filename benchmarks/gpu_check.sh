@@ -11,7 +11,7 @@
 #
 # Each step has its own time limit, so that one slow step cannot take the others' time; every step's output goes
 # to RESULTS_DIR/<step>.log and a summary of the figures to RESULTS_DIR/summary.txt. Python packages the machine
-# lacks (yacs, pycocotools, ftfy) can be installed first, e.g. from wheels with PYTHONPATH pointing at them.
+# lacks (yacs, pycocotools) can be installed first, e.g. from wheels with PYTHONPATH pointing at them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-gpu_results}}

@@ -565,6 +565,19 @@ def check_terminal_report(out: str, tmp_path: Path) -> None:
         assert min(png.size) >= 512
 
 
+def test_use_tensorboard_without_tensorboard_stops_at_once_saying_how_to_install_it(monkeypatch, tmp_path):
+    """TensorBoard is an optional extra: --use-tensorboard without it fails before any work, naming the install."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed, as after the README set-up
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    train_net = load_tool("tools/train_net.py")
+    with pytest.raises(ImportError) as error:
+        train_net.main(["--use-tensorboard", "--config-file", str(tmp_path / "never_read.yaml")])
+    assert str(error.value) == (
+        "--use-tensorboard needs TensorBoard, an optional extra that the README install leaves out. Install it with "
+        "`pip install tensorboard` (or `pip install -e \".[tensorboard]\"` in the checkout), or train without "
+        "--use-tensorboard.")
+
+
 def test_training_throughput_is_images_over_time_with_warmup_left_out():
     # A slow first iteration (warm-up) and one slow iteration later: 21 iterations of 2 images.
     seconds = [10.0] + [0.5] * 19 + [20.0]

@@ -34,7 +34,7 @@ from maskrcnn_benchmark.utils.comm import get_local_rank, get_rank, get_world_si
 from maskrcnn_benchmark.utils.device import init_distributed, resolve_device, set_current_device  # noqa: E402
 from maskrcnn_benchmark.utils.ema import ModelEma  # noqa: E402
 from maskrcnn_benchmark.utils.logger import setup_logger  # noqa: E402
-from maskrcnn_benchmark.utils.metric_logger import MetricLogger, TensorboardLogger  # noqa: E402
+from maskrcnn_benchmark.utils.metric_logger import MetricLogger, TensorboardLogger, summary_writer_class  # noqa: E402
 from maskrcnn_benchmark.utils.miscellaneous import mkdir, save_config, seed_all  # noqa: E402
 
 
@@ -185,6 +185,8 @@ def run_test(cfg, model: torch.nn.Module, distributed: bool) -> dict:
 def main(argv: Optional[List[str]] = None) -> torch.nn.Module:
     """Parse the command line, set up devices, processes and logging, train, then evaluate if asked."""
     args = parse_args(argv)
+    if args.use_tensorboard:
+        summary_writer_class()  # fail before any work when the optional TensorBoard is not installed
     local_rank = get_local_rank() if args.local_rank is None else args.local_rank
     cfg, device = setup_config(args, local_rank)
     set_current_device(device)

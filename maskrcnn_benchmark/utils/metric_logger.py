@@ -73,6 +73,23 @@ class MetricLogger:
         """Release any writer."""
 
 
+TENSORBOARD_MISSING = ("--use-tensorboard needs TensorBoard, an optional extra that the README install leaves out. "
+                       "Install it with `pip install tensorboard` (or `pip install -e \".[tensorboard]\"` in the "
+                       "checkout), or train without --use-tensorboard.")
+
+
+def summary_writer_class() -> type:
+    """SummaryWriter from torch.utils.tensorboard, else from tensorboardX; an ImportError saying how to install."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError as error:
+            raise ImportError(TENSORBOARD_MISSING) from error
+    return SummaryWriter
+
+
 class TensorboardLogger(MetricLogger):
     """MetricLogger that also writes the latest values to TensorBoard event files (rank 0 only)."""
 
@@ -83,16 +100,8 @@ class TensorboardLogger(MetricLogger):
 
     @staticmethod
     def _make_writer(log_dir: str):
-        """A SummaryWriter from torch.utils.tensorboard, else from tensorboardX."""
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError as error:
-                raise ImportError("--use-tensorboard needs the tensorboard package (pip install tensorboard) "
-                                  "or tensorboardX.") from error
-        return SummaryWriter(log_dir)
+        """A SummaryWriter writing to `log_dir`."""
+        return summary_writer_class()(log_dir)
 
     def write_scalars(self, iteration: Optional[int] = None) -> None:
         """Write the latest value of every meter at `iteration`."""

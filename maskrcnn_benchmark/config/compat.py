@@ -269,6 +269,7 @@ SUPPORTED_CHOICES: Dict[str, Tuple[Tuple[Any, ...], str]] = {
     "MODEL.DYHEAD.FUSE_CONFIG.USE_CLASSIFICATION_LOSS":
         ((False,), "the sigmoid classification loss beside the dot-product token loss"),
     "MODEL.RPN.USE_FPN": ((True,), "single-level anchors without the FPN"),
+    "SOLVER.OPTIMIZER": (("SGD", "ADAMW"), "another optimizer"),
     "SOLVER.USE_COSINE": ((False,), "the cosine learning-rate schedule"),
     "SOLVER.USE_AUTOSTEP": ((False,), "the learning-rate decay on a stalled validation metric (ODinW recipe)"),
     "SOLVER.AUTO_TERMINATE_PATIENCE": ((-1,), "early stopping on a stalled validation metric (ODinW recipe)"),

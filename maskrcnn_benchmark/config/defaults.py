@@ -1,9 +1,11 @@
 """Default values of every config key, identical (values and types) to the official GLIP defaults.
 
-This file holds the keys the GLIP-T path reads (model, data, solver, test, tools). The keys the official
+This file holds the keys of the GLIP-T path (model, data, solver, test, tools). The keys the official
 defaults define for features this port does not build are added, apart, by
 :func:`maskrcnn_benchmark.config.compat.add_compatibility_keys`, so that every official config file and
-config dump still merges. Keys the port adds are in one marked block at the end.
+config dump still merges. Keys the port adds are in one marked block at the end. config/compat.py says of
+every key whether it is read, accepted without effect (and why) or refused when set: a new key goes there too
+(tests/test_config.py walks them all).
 
 Types matter: yacs refuses to merge a value whose type differs from the default's (tuples and lists are
 interchangeable, None accepts anything), so int/float/tuple/list choices below follow the official ones.
@@ -104,7 +106,7 @@ _C.MODEL.ATSS.INFERENCE_TH_TRAIN = 0.0
 _C.MODEL.ATSS.PRE_NMS_TOP_N_TRAIN = 3000
 _C.MODEL.ATSS.POST_NMS_TOP_N_TRAIN = 1000
 
-# Focal-loss options read by the ATSS loss (its classification loss and matcher)
+# Focal-loss options of the official ATSS loss's classification loss and IoU matcher: no effect here (compat.py)
 _C.MODEL.FOCAL = CN()
 _C.MODEL.FOCAL.FG_IOU_THRESHOLD = 0.5
 _C.MODEL.FOCAL.BG_IOU_THRESHOLD = 0.4
@@ -136,7 +138,7 @@ _C.MODEL.DYHEAD.FUSE_CONFIG.TOKEN_GAMMA = 2.0  # focal loss of the token (dot-pr
 _C.MODEL.DYHEAD.FUSE_CONFIG.TOKEN_ALPHA = 0.25
 _C.MODEL.DYHEAD.FUSE_CONFIG.USE_DOT_PRODUCT_TOKEN_LOSS = False
 _C.MODEL.DYHEAD.FUSE_CONFIG.DOT_PRODUCT_TOKEN_LOSS_WEIGHT = 1.0
-_C.MODEL.DYHEAD.FUSE_CONFIG.USE_LAYER_SCALE = True  # learnable gammas on the fusion residuals
+_C.MODEL.DYHEAD.FUSE_CONFIG.USE_LAYER_SCALE = True  # MHA-S only: MHA-B always has its gammas (no effect)
 _C.MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT = False  # dot product with the fused text
 # Clamps that keep fp16 attention/logits finite
 _C.MODEL.DYHEAD.FUSE_CONFIG.CLAMP_MIN_FOR_UNDERFLOW = False
@@ -166,6 +168,7 @@ _C.INPUT.FIX_RES = False  # resize to exactly (MIN_SIZE, MAX_SIZE)
 # ---------------------------------------------------------------------------------------------------------
 _C.AUGMENT = CN()
 _C.AUGMENT.FLIP_PROB_TRAIN = 0.5
+# Vertical flip, colour jitter and crop: read by the official build_transforms but never applied (no effect)
 _C.AUGMENT.VERTICAL_FLIP_PROB_TRAIN = 0.0
 _C.AUGMENT.MULT_MIN_SIZE_TRAIN = ()  # if set, a random choice of these replaces INPUT.MIN_SIZE_TRAIN
 _C.AUGMENT.BRIGHTNESS = 0.0
@@ -182,13 +185,13 @@ _C.AUGMENT.CROP_MIN_SIZE = 0.3
 _C.DATASETS = CN()
 _C.DATASETS.TRAIN = ()
 _C.DATASETS.TEST = ()
-_C.DATASETS.USE_CROWD = False  # keep crowd boxes in training
+_C.DATASETS.USE_CROWD = False  # officially ignored by the grounding training sets (no effect)
 _C.DATASETS.CLASS_AGNOSTIC = False
 _C.DATASETS.CLASS_CONCAT = False  # offset the class ids of concatenated datasets
-_C.DATASETS.MAX_BOX = -1  # drop training images with more boxes (-1: no limit)
-_C.DATASETS.SAMPLE_RATIO = 0.0
+_C.DATASETS.MAX_BOX = -1  # officially ignored by the grounding training sets (no effect)
+_C.DATASETS.SAMPLE_RATIO = 0.0  # random box subsampling: refused when set
 _C.DATASETS.FEW_SHOT = 0  # k-shot subset of the training set (0: all)
-_C.DATASETS.SHUFFLE_SEED = 0  # != 0: shuffle the few-shot selection with this seed
+_C.DATASETS.SHUFFLE_SEED = 0  # officially ignored by the grounding training sets (no effect)
 _C.DATASETS.REGISTER = CN(new_allowed=True)  # extra datasets: name -> {img_dir, ann_file, ...}
 # Repeat factors of the training sets (GENERAL_COPY: any other set; -1: no repeat)
 _C.DATASETS.COCO_COPY = 1
@@ -202,10 +205,10 @@ _C.DATASETS.IN_COPY = 1
 _C.DATASETS.GENERAL_COPY = -1
 _C.DATASETS.GENERAL_COPY_TEST = -1
 # Detection data turned into grounding captions
-_C.DATASETS.RANDOM_SAMPLE_NEG = -1  # number of classes sampled per caption (-1: all)
+_C.DATASETS.RANDOM_SAMPLE_NEG = -1  # read only with SPECIAL_SAFEGUARD_FOR_COCO_GROUNDING (no effect)
 _C.DATASETS.ADD_DET_PROMPT = False
 _C.DATASETS.USE_OD_AUG = False
-_C.DATASETS.CONTROL_PROB = ()  # 4 probabilities steering the negative-class sampling
+_C.DATASETS.CONTROL_PROB = ()  # officially ignored by the grounding training sets (no effect)
 _C.DATASETS.DISABLE_SHUFFLE = False  # keep the class order in the caption
 _C.DATASETS.PROMPT_VERSION = ""
 _C.DATASETS.DISABLE_CLIP_TO_IMAGE = False
@@ -254,27 +257,27 @@ _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.WEIGHT_DECAY = 0.0005
 _C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
 _C.SOLVER.WEIGHT_DECAY_NORM_FACTOR = 1.0
-_C.SOLVER.USE_COSINE = False  # cosine schedule instead of steps
+_C.SOLVER.USE_COSINE = False  # cosine schedule instead of steps: refused (not built)
 _C.SOLVER.MIN_LR = 0.000001
 _C.SOLVER.GAMMA = 0.1
 _C.SOLVER.STEPS = (30000,)  # iterations, or fractions of MAX_ITER when < 1
-_C.SOLVER.USE_AUTOSTEP = False  # decay the LR when the validation metric stalls
+_C.SOLVER.USE_AUTOSTEP = False  # decay the LR when the validation metric stalls: refused (not built)
 _C.SOLVER.STEP_PATIENCE = 5
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 3
 _C.SOLVER.WARMUP_ITERS = 500
 _C.SOLVER.WARMUP_METHOD = "linear"
 _C.SOLVER.CHECKPOINT_PERIOD = 2500
 _C.SOLVER.CHECKPOINT_PER_EPOCH = -1.0  # > 0: checkpoint (and evaluate) every this many epochs
-_C.SOLVER.TEST_WITH_INFERENCE = False
-_C.SOLVER.AUTO_TERMINATE_PATIENCE = -1  # stop after this many evaluations without improvement
+_C.SOLVER.TEST_WITH_INFERENCE = False  # must be True with TEST.DURING_TRAINING (the prompted evaluation)
+_C.SOLVER.AUTO_TERMINATE_PATIENCE = -1  # early stopping: refused (not built)
 _C.SOLVER.IMS_PER_BATCH = 16  # global batch size over all processes
 _C.SOLVER.MAX_NEG_PER_BATCH = 0.1  # largest share of images without boxes in a batch
 _C.SOLVER.SEED = 0
 _C.SOLVER.FIND_UNUSED_PARAMETERS = True  # passed to DistributedDataParallel
-_C.SOLVER.DATASET_LENGTH = -1  # filled in when MAX_EPOCH is used
-_C.SOLVER.TUNING_HIGHLEVEL_OVERRIDE = None  # fine-tuning preset: full, linear_prob, language_prompt_v1..v4
+_C.SOLVER.DATASET_LENGTH = -1  # filled in by the official data builder; nothing reads it (no effect)
+_C.SOLVER.TUNING_HIGHLEVEL_OVERRIDE = None  # official finetune.py's preset; train_net ignores it (no effect)
 _C.SOLVER.USE_EMA_FOR_MONITOR = False
-_C.SOLVER.WEIGHT_DECAY_SCHEDULE = False  # decay the weight decay together with the LR
+_C.SOLVER.WEIGHT_DECAY_SCHEDULE = False  # decay the weight decay together with the LR: refused (not built)
 _C.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO = 0.667
 
 # ---------------------------------------------------------------------------------------------------------

@@ -126,10 +126,11 @@ class AnchorGenerator(nn.Module):
 
 
 def make_anchor_generator_complex(cfg) -> AnchorGenerator:
-    """AnchorGenerator from MODEL.RPN: per FPN level, SCALES_PER_OCTAVE sizes spread over one octave."""
+    """AnchorGenerator from MODEL.RPN: per FPN level, SCALES_PER_OCTAVE sizes spread over one octave.
+
+    config.check_supported refuses MODEL.RPN.USE_FPN False (single-level anchors are not built).
+    """
     rpn_cfg = cfg.MODEL.RPN
-    if not rpn_cfg.USE_FPN:
-        raise ValueError("only FPN anchors (MODEL.RPN.USE_FPN True) are built by this project")
     if len(rpn_cfg.ANCHOR_STRIDE) != len(rpn_cfg.ANCHOR_SIZES):
         raise ValueError("MODEL.RPN.ANCHOR_STRIDE and MODEL.RPN.ANCHOR_SIZES need one entry per FPN level")
     scales_per_octave = rpn_cfg.SCALES_PER_OCTAVE

@@ -1,14 +1,10 @@
 """Checkpoint loading: official format, DDP prefixes, ignored keys, clear failures, refusal of foreign objects,
 of wrong weights and of evaluation without weights, and failed writes."""
 import errno
-import importlib.util
 import io
 import logging
 import os
-import subprocess
-import sys
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,13 +12,13 @@ from PIL import Image
 from torch import nn
 
 from conftest import SMALL
+from helpers import load_tool
 import maskrcnn_benchmark.utils.checkpoint as checkpoint_module
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor
 from maskrcnn_benchmark.utils.checkpoint import (CheckpointError, Checkpointer, DetectronCheckpointer,
                                                  extract_state_dict, load_state_dict, read_checkpoint)
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class Tiny(nn.Module):
@@ -169,10 +165,7 @@ def test_half_of_the_keys_still_load_with_a_warning(caplog):
 # ---- evaluating or demoing with no weight at all -------------------------------------------------------------------
 
 def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(f"tools/{name}.py")
 
 
 def test_evaluation_without_weights_is_an_error(tmp_path):

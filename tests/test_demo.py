@@ -1,5 +1,4 @@
 """The inference API (GLIPPredictor) and tools/demo.py on the small golden model."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -8,13 +7,13 @@ import torch
 from PIL import Image
 
 from conftest import SMALL
+from helpers import load_tool
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.data.transforms import build_transforms
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor, build_caption, draw_predictions
 from maskrcnn_benchmark.structures.image_list import to_image_list
 from maskrcnn_benchmark.utils.drawing import BLACK, WHITE, draw_labelled_boxes, text_colour_on
 
-ROOT = Path(__file__).resolve().parents[1]
 RED = (255, 0, 0)
 # A lower score threshold gives the random-weight model detections on a noise image.
 OPTS = ["MODEL.LANGUAGE_BACKBONE.MODEL_PATH", str(SMALL / "bert"), "MODEL.DEVICE", "cpu",
@@ -158,10 +157,7 @@ def test_labels_of_coinciding_boxes_are_stacked_not_overlapping():
 
 
 def _load_demo():
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("tools/demo.py")
 
 
 def test_demo_writes_a_png_with_the_boxes(tmp_path, weight_file):

@@ -1,5 +1,4 @@
 """Image files as users have them: 16-bit PNGs, extreme aspect ratios, float TIFFs, EXIF-rotated photos."""
-import importlib.util
 import json
 import struct
 import zlib
@@ -11,13 +10,13 @@ import torch
 from PIL import Image
 
 from conftest import SMALL
+from helpers import load_tool
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.data.datasets.coco import COCODataset
 from maskrcnn_benchmark.data.transforms import build_transforms
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 
-ROOT = Path(__file__).resolve().parents[1]
 OPTS = ["MODEL.LANGUAGE_BACKBONE.MODEL_PATH", str(SMALL / "bert"), "MODEL.DEVICE", "cpu",
         "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "250", "MODEL.ATSS.INFERENCE_TH", "0.01"]
 EXIF_ORIENTATION = 0x0112
@@ -130,9 +129,7 @@ def test_predictor_and_demo_apply_the_exif_orientation(upright_and_rotated, pred
 
     weight = tmp_path / "small.pth"
     torch.save({"model": small_state_dict}, weight)
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_tool("tools/demo.py")
     out = tmp_path / "out.png"
     demo.main([str(path), "person. car", "--config-file", str(SMALL / "config.yaml"), "--weight", str(weight),
                "--out", str(out), *OPTS])
@@ -146,9 +143,7 @@ def test_demo_names_the_file_of_an_image_it_cannot_resize(tmp_path, small_state_
     weight = tmp_path / "small.pth"
     torch.save({"model": small_state_dict}, weight)
     Image.new("RGB", (5000, 3)).save(tmp_path / "strip.png")
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_tool("tools/demo.py")
     with pytest.raises(ValueError, match=rf"^Image {tmp_path / 'strip.png'} \(5000x3 pixels\): a 5000x3 image is "
                                          r"too elongated"):
         demo.main([str(tmp_path / "strip.png"), "person", "--config-file", str(SMALL / "config.yaml"),

@@ -1,5 +1,4 @@
 """More phrases than the head's 80 class channels: long demo prompts and chunked evaluation of many categories."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,13 +10,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from conftest import SMALL
+from helpers import load_tool
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.text import load_shipped_tokenizer
 from maskrcnn_benchmark.modeling.rpn.inference import token_to_class_scores
 
-ROOT = Path(__file__).resolve().parents[1]
 # A low score threshold gives the random-weight small model detections of many phrases on a noise image.
 OPTS = ["MODEL.LANGUAGE_BACKBONE.MODEL_PATH", str(SMALL / "bert"), "MODEL.DEVICE", "cpu",
         "MODEL.ATSS.INFERENCE_TH", "0.01"]
@@ -101,9 +100,7 @@ def _write_many_category_dataset(folder: Path) -> Path:
 
 def test_chunked_evaluation_of_130_categories_runs_through_pycocotools(small_model, tmp_path):
     task_config = _write_many_category_dataset(tmp_path)
-    spec = importlib.util.spec_from_file_location("test_grounding_net", ROOT / "tools" / "test_grounding_net.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("tools/test_grounding_net.py")
     argv = ["--config-file", str(SMALL / "config.yaml"), "--task_config", str(task_config), *OPTS,
             "OUTPUT_DIR", str(tmp_path / "out"), "TEST.EVAL_TASK", "detection", "INPUT.MIN_SIZE_TEST", "64",
             "DATALOADER.NUM_WORKERS", "0", "TEST.IMS_PER_BATCH", "1", "TEST.CHUNKED_EVALUATION", "20"]

@@ -1,0 +1,102 @@
+"""LVIS evaluation: the federated protocol, APr/APc/APf and fixed AP against hand-computed values."""
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from maskrcnn_benchmark.data.evaluation.lvis_eval import (check_lvis_annotations, evaluate_lvis,
+                                                         fixed_ap_detections)
+
+# Categories of each frequency group; "bus" has no ground truth anywhere (its AP is undefined, -1).
+CATEGORIES = [{"id": 1, "name": "cat", "frequency": "r"}, {"id": 2, "name": "dog", "frequency": "c"},
+              {"id": 3, "name": "car", "frequency": "f"}, {"id": 4, "name": "bus", "frequency": "f"}]
+# Image 1: a cat and a dog (dog not exhaustively annotated); no car there (neg). Image 2: two cars; no cat.
+IMAGES = [{"id": 1, "width": 100, "height": 100, "neg_category_ids": [3], "not_exhaustive_category_ids": [2],
+           "coco_url": "http://images.cocodataset.org/val2017/000000000001.jpg"},
+          {"id": 2, "width": 100, "height": 100, "neg_category_ids": [1], "not_exhaustive_category_ids": [],
+           "coco_url": "http://images.cocodataset.org/val2017/000000000002.jpg"}]
+ANNOTATIONS = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100},
+               {"id": 2, "image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10], "area": 100},
+               {"id": 3, "image_id": 2, "category_id": 3, "bbox": [0, 0, 20, 20], "area": 400},
+               {"id": 4, "image_id": 2, "category_id": 3, "bbox": [30, 30, 20, 20], "area": 400}]
+GT = {"images": IMAGES, "annotations": ANNOTATIONS, "categories": CATEGORIES}
+
+
+def _det(image_id, category_id, bbox, score):
+    return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score}
+
+
+DETECTIONS = [
+    _det(2, 1, [0, 0, 5, 5], 0.95),     # cat in image 2, where cat is known absent: false positive
+    _det(1, 1, [0, 0, 10, 10], 0.9),    # the cat: true positive
+    _det(1, 1, [50, 50, 10, 10], 0.8),  # cat is exhaustively annotated in image 1: false positive
+    _det(1, 2, [40, 40, 5, 5], 0.95),   # unmatched dog, but dog is not exhaustive in image 1: ignored
+    _det(1, 2, [20, 20, 10, 10], 0.7),  # the dog: true positive
+    _det(1, 3, [0, 0, 5, 5], 0.6),      # car in image 1, known absent: false positive
+    _det(1, 4, [0, 0, 5, 5], 0.99),     # bus in image 1: neither annotated nor known absent, not evaluated
+    _det(2, 3, [0, 0, 20, 20], 0.5),    # car: true positive
+    _det(2, 3, [31, 31, 20, 20], 0.4),  # car, IoU 361/439 = 0.822: true positive up to IoU 0.80, then false
+]
+
+# By hand, per category (101 recall points, 10 IoU thresholds):
+# cat: FP, TP, FP over 1 gt -> precision envelope 0.5 at every recall -> AP 0.5.
+# dog: the ignored detection does not count -> TP at precision 1 -> AP 1.
+# car, IoU <= 0.80 (7 thresholds): FP, TP, TP over 2 gts -> envelope 2/3 everywhere -> 2/3.
+#      IoU >= 0.85 (3 thresholds): FP, TP, FP -> 0.5 up to recall 0.5 (51 points), 0 above -> 25.5 / 101.
+CAR_AP = (7 * 2 / 3 + 3 * 25.5 / 101) / 10
+CAR_AP75 = 2 / 3
+
+
+def test_lvis_summary_matches_hand_computed_values():
+    summary = evaluate_lvis(copy.deepcopy(GT), copy.deepcopy(DETECTIONS))
+    assert summary["APr"] == pytest.approx(0.5)
+    assert summary["APc"] == pytest.approx(1.0)
+    assert summary["APf"] == pytest.approx(CAR_AP)  # bus has no ground truth: left out of APf
+    assert summary["AP"] == pytest.approx((0.5 + 1.0 + CAR_AP) / 3)
+    assert summary["AP50"] == pytest.approx((0.5 + 1.0 + 2 / 3) / 3)
+    assert summary["AP75"] == pytest.approx((0.5 + 1.0 + CAR_AP75) / 3)
+    assert summary["APs"] == pytest.approx(summary["AP"])  # every box is small (area < 32 ** 2)
+    assert summary["APm"] == -1 and summary["APl"] == -1
+    # Recall at the end of the list: cat 1, dog 1, car 1 (7 thresholds) or 0.5 (3 thresholds).
+    assert summary["AR@300"] == pytest.approx((1 + 1 + (7 * 1 + 3 * 0.5) / 10) / 3)
+
+
+def test_federated_rules_change_the_result():
+    """Without the not-exhaustive rule the unmatched dog would rank first as a false positive (AP 0.5)."""
+    gt = copy.deepcopy(GT)
+    gt["images"][0]["not_exhaustive_category_ids"] = []
+    assert evaluate_lvis(gt, copy.deepcopy(DETECTIONS))["APc"] == pytest.approx(0.5)
+    # Listing bus as absent from image 1 makes its detection count, but bus still has no ground truth.
+    gt = copy.deepcopy(GT)
+    gt["images"][0]["neg_category_ids"] = [3, 4]
+    assert evaluate_lvis(gt, copy.deepcopy(DETECTIONS))["APf"] == pytest.approx(CAR_AP)
+
+
+def test_fixed_ap_has_no_cap_per_image():
+    """300 false positives above the one true car: standard AP (300 per image) loses it, fixed AP keeps it."""
+    gt = copy.deepcopy(GT)
+    gt["annotations"] = [ANNOTATIONS[2]]
+    detections = [_det(2, 3, [60, 60, 5, 5], 0.9 - i * 1e-4) for i in range(300)] + [_det(2, 3, [0, 0, 20, 20], 0.01)]
+    fixed = evaluate_lvis(gt, copy.deepcopy(detections), fixed_ap=True)
+    standard = evaluate_lvis(gt, copy.deepcopy(detections), fixed_ap=False)
+    assert fixed["APf"] == pytest.approx(1 / 301)
+    assert standard["APf"] == 0.0
+
+
+def test_fixed_ap_keeps_the_best_per_category_over_all_images():
+    detections = [_det(1, 1, [0, 0, 1, 1], 0.1), _det(2, 1, [0, 0, 1, 1], 0.7), _det(1, 1, [0, 0, 1, 1], 0.5),
+                  _det(2, 2, [0, 0, 1, 1], 0.2)]
+    kept = fixed_ap_detections(detections, per_category=2)
+    assert sorted((d["category_id"], d["score"]) for d in kept) == [(1, 0.5), (1, 0.7), (2, 0.2)]
+
+
+def test_lvis_annotations_are_checked():
+    gt = copy.deepcopy(GT)
+    del gt["images"][1]["neg_category_ids"]
+    with pytest.raises(ValueError, match=r"lvis\.json: image 2 has no \['neg_category_ids'\]"):
+        check_lvis_annotations(gt, "lvis.json")
+    gt = copy.deepcopy(GT)
+    gt["categories"][2]["frequency"] = "x"
+    with pytest.raises(ValueError, match=r"category 3 \('car'\) has frequency 'x'"):
+        check_lvis_annotations(gt, "lvis.json")

@@ -181,3 +181,30 @@ def test_demo_writes_a_png_with_the_boxes(tmp_path, weight_file):
     inside = red[int(np.floor(y1)):int(np.ceil(y2)) + 1, int(np.floor(x1)):int(np.ceil(x2)) + 1]
     assert inside.any()
     _text_on_fill(drawn, RED)
+
+
+def _assert_same_detections(got, expected):
+    assert got.size == expected.size and len(got) == len(expected) > 0
+    torch.testing.assert_close(got.bbox, expected.bbox, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.get_field("scores"), expected.get_field("scores"), atol=1e-5, rtol=1e-5)
+    assert got.get_field("label_names") == expected.get_field("label_names")
+
+
+def test_predict_batch_with_a_prompt_per_image_equals_one_by_one(predictor, monkeypatch):
+    # Two sizes (two padded sizes) and three different prompts; two images share a size and go in one forward.
+    images = [_noise_image(120, 100), np.ascontiguousarray(_noise_image(120, 100)[::-1]), _noise_image(64, 48)]
+    prompts = [["person", "car", "dog"], "a red tooth brush. hot dog", ["bicycle"]]
+    batch_sizes = []
+    forward = predictor.model.forward
+    monkeypatch.setattr(predictor.model, "forward",
+                        lambda images, **kw: batch_sizes.append(len(images.image_sizes)) or forward(images, **kw))
+    batched = predictor.predict_batch(images, prompts, threshold=0.0)
+    assert sorted(batch_sizes) == [1, 2]
+    for image, prompt, got in zip(images, prompts, batched):
+        _assert_same_detections(got, predictor.predict(image, prompt, threshold=0.0))
+    assert batched[1].get_field("label_names")[0] in ("a red tooth brush", "hot dog")
+
+
+def test_predict_batch_refuses_mismatched_lists(predictor):
+    with pytest.raises(ValueError, match="2 images but 1 prompts: pass one prompt per image"):
+        predictor.predict_batch([_noise_image(), _noise_image()], ["person"])

@@ -1,6 +1,6 @@
 """Inference API: detect the phrases of a text prompt in one image (the role of the official GLIPDemo)."""
 import logging
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -62,6 +62,16 @@ def _to_pil(image: ImageInput) -> Image.Image:
     return Image.fromarray(array, mode="RGB")
 
 
+class PreparedInput(NamedTuple):
+    """One image and prompt made ready for the model."""
+
+    tensor: torch.Tensor  # the transformed image
+    size: Tuple[int, int]  # (width, height) of the input image, the boxes' final coordinates
+    text: str
+    names: List[str]
+    label_to_tokens: LabelToTokens
+
+
 class GLIPPredictor:
     """Runs a GLIP model on an RGB image and a prompt; boxes come back in the image's own pixel coordinates."""
 
@@ -100,19 +110,66 @@ class GLIPPredictor:
         A PIL image is first turned as its EXIF orientation says; the boxes refer to the turned image. `source`
         (e.g. the file name) names the image in errors.
         """
+        return self.predict_batch([image], [caption], threshold, None if source is None else [source])[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: Sequence[ImageInput], captions: Sequence[Union[str, Sequence[str]]],
+                      threshold: float = 0.5, sources: Sequence[str] | None = None,
+                      batch_size: int = 8) -> List[BoxList]:
+        """`predict` for a list of images with one prompt each, up to `batch_size` images per forward pass.
+
+        Images are batched with the others of the same padded size only: padding would enter the Swin windows,
+        the image-text fusion and the DyHead's pooled attention, so a mixed batch would not give the detections
+        each image gets alone. Within a batch every image is scored with its own prompt's label -> tokens map.
+        """
+        if len(captions) != len(images):
+            raise ValueError(f"{len(images)} images but {len(captions)} prompts: pass one prompt per image.")
+        if sources is not None and len(sources) != len(images):
+            raise ValueError(f"{len(images)} images but {len(sources)} sources: pass one name per image.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        if sources is None:
+            sources = [f"image {k} given to the predictor" for k in range(len(images))]
+        inputs = [self._prepare(image, caption, source) for image, caption, source in zip(images, captions, sources)]
+        groups: dict = {}
+        for index, item in enumerate(inputs):
+            groups.setdefault(self._padded_size(item.tensor), []).append(index)
+        results: List[Optional[BoxList]] = [None] * len(inputs)
+        for indices in groups.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                for index, prediction in zip(chunk, self._forward([inputs[k] for k in chunk])):
+                    results[index] = self._finish(prediction, inputs[index], threshold)
+        return results
+
+    def _prepare(self, image: ImageInput, caption: Union[str, Sequence[str]], source: str) -> "PreparedInput":
         pil_image = _to_pil(image)
         text, names, label_to_tokens = self.prompt(caption)
         if not label_to_tokens:
-            raise ValueError(f"No phrase of the prompt {caption!r} maps to a token.")
-        image_tensor = transform_image(self.transforms, pil_image, None, source or "given to the predictor")
-        images = to_image_list([image_tensor], self.size_divisibility).to(self.device)
-        tokenized = tokenize_captions(self.tokenizer, [text], self.max_query_len, self.pad_max).to(self.device)
-        prediction = self.model(images, captions=[text], positive_map=label_to_tokens, tokenized=tokenized)[0]
-        prediction = prediction.to("cpu").resize(pil_image.size)
-        scores = prediction.get_field("scores")
-        prediction = prediction[scores > threshold]
+            raise ValueError(f"No phrase of the prompt {caption!r} maps to a token ({source}).")
+        tensor = transform_image(self.transforms, pil_image, None, source)
+        return PreparedInput(tensor, pil_image.size, text, names, label_to_tokens)
+
+    def _padded_size(self, tensor: torch.Tensor) -> Tuple[int, int]:
+        divisor = max(self.size_divisibility, 1)
+        return tuple(-(-side // divisor) * divisor for side in tensor.shape[1:])
+
+    def _forward(self, inputs: Sequence["PreparedInput"]) -> List[BoxList]:
+        images = to_image_list([item.tensor for item in inputs], self.size_divisibility).to(self.device)
+        texts = [item.text for item in inputs]
+        tokenized = tokenize_captions(self.tokenizer, texts, self.max_query_len, self.pad_max).to(self.device)
+        # One label -> tokens map per image; a single image keeps the plain dict of the eval loop.
+        maps = [item.label_to_tokens for item in inputs]
+        return self.model(images, captions=texts, positive_map=maps[0] if len(maps) == 1 else maps,
+                          tokenized=tokenized)
+
+    @staticmethod
+    def _finish(prediction: BoxList, item: "PreparedInput", threshold: float) -> BoxList:
+        prediction = prediction.to("cpu").resize(item.size)
+        prediction = prediction[prediction.get_field("scores") > threshold]
         prediction = prediction[prediction.get_field("scores").argsort(descending=True)]
-        prediction.add_field("label_names", [names[label - 1] for label in prediction.get_field("labels").tolist()])
+        prediction.add_field("label_names",
+                             [item.names[label - 1] for label in prediction.get_field("labels").tolist()])
         return prediction
 
 

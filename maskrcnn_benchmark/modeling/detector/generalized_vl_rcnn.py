@@ -13,7 +13,7 @@ from ..backbone import build_backbone
 from ..language_backbone import build_language_backbone, build_language_config
 from ..rpn import build_rpn
 
-PositiveMap = Union[torch.Tensor, Dict[int, List[int]]]
+PositiveMap = Union[torch.Tensor, Dict[int, List[int]], List[Dict[int, List[int]]]]
 
 
 class GeneralizedVLRCNN(nn.Module):
@@ -109,14 +109,18 @@ class GeneralizedVLRCNN(nn.Module):
         """Loss dict in training mode, detections (BoxList with `scores` and `labels`) in eval mode.
 
         `positive_map` is the (boxes, tokens) 0/1 matrix of all targets in training and the label -> token
-        indices dict in eval. Captions are tokenised here unless the data pipeline passes `tokenized`
-        (input_ids, attention_mask and, with MASK_SPECIAL, special_tokens_mask). `greenlight_map` is accepted
-        for signature compatibility; only the MLM loss, which this project does not build, reads it.
+        indices dict in eval (or, in eval, a list of one such dict per image: a prompt per image). Captions are
+        tokenised here unless the data pipeline passes `tokenized` (input_ids, attention_mask and, with
+        MASK_SPECIAL, special_tokens_mask). `greenlight_map` is accepted for signature compatibility; only the MLM
+        loss, which this project does not build, reads it.
         """
         if self.training and targets is None:
             raise ValueError("In training mode, targets must be passed.")
         if positive_map is None:
             raise ValueError("positive_map is required: it maps boxes (training) or labels (eval) to tokens.")
+        if isinstance(positive_map, (list, tuple)) and self.training:
+            raise ValueError("A list of positive maps (one label -> tokens dict per image) is for eval only; "
+                             "training takes the (boxes, tokens) positive_map tensor.")
         images = to_image_list(images)
         device = images.tensors.device
         if tokenized is None:
@@ -147,8 +151,10 @@ class GeneralizedVLRCNN(nn.Module):
         num_tokens = real.shape[1]
         used = torch.nonzero(real.any(dim=0))
         length = int(used.max()) + 1 if used.numel() else 1
-        if isinstance(positive_map, dict):
-            length = max([length] + [max(tokens) + 1 for tokens in positive_map.values() if len(tokens)])
+        if not isinstance(positive_map, torch.Tensor):
+            image_maps = [positive_map] if isinstance(positive_map, dict) else positive_map
+            length = max([length] + [max(tokens) + 1 for image_map in image_maps
+                                     for tokens in image_map.values() if len(tokens)])
         if length >= num_tokens:
             return tokenized
         return {key: value[:, :length] if value.dim() == 2 and value.shape[1] == num_tokens else value

@@ -109,9 +109,16 @@ class ATSSPostProcessor(UsesExecutionPlan, nn.Module):
         centerness: Sequence[torch.Tensor],
         anchors: Sequence[Sequence[BoxList]],
         dot_product_logits: Sequence[torch.Tensor],
-        positive_map: Dict[int, List[int]],
+        positive_map: Dict[int, List[int]] | Sequence[Dict[int, List[int]]],
     ) -> List[BoxList]:
-        """Pre-NMS candidates of every level, concatenated per image (the input of select_over_all_levels)."""
+        """Pre-NMS candidates of every level, concatenated per image (the input of select_over_all_levels).
+
+        `positive_map` is one label -> tokens dict for the whole batch, or a list of one dict per image (a batch
+        of images with a prompt each); then each image is selected with its own map.
+        """
+        if isinstance(positive_map, (list, tuple)):
+            return self._select_candidates_per_image(box_regression, centerness, anchors, dot_product_logits,
+                                                     positive_map)
         anchors_per_level = list(zip(*anchors))
         candidates_per_level = [
             self.forward_for_single_feature_map(level_regression, level_centerness, level_anchors, level_logits,
@@ -122,16 +129,37 @@ class ATSSPostProcessor(UsesExecutionPlan, nn.Module):
         ]
         return [cat_boxlist(list(image_candidates)) for image_candidates in zip(*candidates_per_level)]
 
+    def _select_candidates_per_image(
+        self,
+        box_regression: Sequence[torch.Tensor],
+        centerness: Sequence[torch.Tensor],
+        anchors: Sequence[Sequence[BoxList]],
+        dot_product_logits: Sequence[torch.Tensor],
+        positive_maps: Sequence[Dict[int, List[int]]],
+    ) -> List[BoxList]:
+        """select_candidates of each image alone, with that image's label -> tokens map."""
+        if len(positive_maps) != len(anchors):
+            raise ValueError(f"{len(positive_maps)} positive maps for a batch of {len(anchors)} images: pass one "
+                             "label -> tokens dict per image (or one dict for all).")
+        candidates = []
+        for index, image_map in enumerate(positive_maps):
+            one = slice(index, index + 1)
+            candidates += self.select_candidates([level[one] for level in box_regression],
+                                                 [level[one] for level in centerness], anchors[one],
+                                                 [level[one] for level in dot_product_logits], image_map)
+        return candidates
+
     def forward(
         self,
         box_regression: Sequence[torch.Tensor],
         centerness: Sequence[torch.Tensor],
         anchors: Sequence[Sequence[BoxList]],
         dot_product_logits: Sequence[torch.Tensor],
-        positive_map: Dict[int, List[int]],
+        positive_map: Dict[int, List[int]] | Sequence[Dict[int, List[int]]],
     ) -> List[BoxList]:
         """Detections per image from per-level (N, 4A, H, W) regression, (N, A, H, W) centerness logits,
-        per-image per-level anchors and (N, H*W*A, T) dot-product token logits; label ids are positive_map keys."""
+        per-image per-level anchors and (N, H*W*A, T) dot-product token logits; label ids are positive_map keys
+        (one dict for the batch or one per image)."""
         candidates = self.select_candidates(box_regression, centerness, anchors, dot_product_logits, positive_map)
         return self.select_over_all_levels(candidates)
 

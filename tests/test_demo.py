@@ -1,4 +1,5 @@
 """The inference API (GLIPPredictor) and tools/demo.py on the small golden model."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,50 @@ def test_predict_batch_with_a_prompt_per_image_equals_one_by_one(predictor, monk
 def test_predict_batch_refuses_mismatched_lists(predictor):
     with pytest.raises(ValueError, match="2 images but 1 prompts: pass one prompt per image"):
         predictor.predict_batch([_noise_image(), _noise_image()], ["person"])
+
+
+def test_demo_over_a_folder_writes_a_picture_per_image_and_the_detections_json(tmp_path, weight_file, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    arrays = {"a.png": _noise_image(120, 100), "b.jpg": _noise_image(64, 48), "c.png": _noise_image(120, 100)[::-1]}
+    for name, array in arrays.items():
+        Image.fromarray(np.ascontiguousarray(array)).save(folder / name, quality=95)
+    (folder / "notes.txt").write_text("not an image")
+    extra = tmp_path / "extra.png"
+    Image.fromarray(_noise_image(50, 70)).save(extra)
+    out_dir = tmp_path / "out"
+    _load_demo().main([str(folder), "person. car", "--add-image", str(extra), "--config-file",
+                       str(SMALL / "config.yaml"), "--weight", str(weight_file), "--out-dir", str(out_dir),
+                       "--threshold", "0.05", "--batch-size", "2", *OPTS])
+    assert "4/4" in capsys.readouterr().err  # the progress bar reached the end
+    document = json.loads((out_dir / "detections.json").read_text())
+    inputs = [str(folder / name) for name in sorted(arrays)] + [str(extra)]
+    assert [entry["image"] for entry in document["images"]] == inputs
+    predictor = GLIPPredictor(_cfg(), weight=str(weight_file))
+    for entry in document["images"]:
+        with Image.open(entry["image"]) as image:
+            expected = predictor.predict(image, "person. car", threshold=0.05)
+            assert (entry["width"], entry["height"]) == image.size
+        records = [r for r in document["detections"] if r["image"] == entry["image"]]
+        assert len(records) == len(expected) == entry["detections"] > 0
+        assert [r["phrase"] for r in records] == expected.get_field("label_names")
+        assert [r["label"] for r in records] == expected.get_field("labels").tolist()
+        np.testing.assert_allclose([r["score"] for r in records], expected.get_field("scores").numpy(), atol=1e-5)
+        np.testing.assert_allclose([r["box"] for r in records], expected.bbox.numpy(), atol=1e-3)
+        picture = out_dir / (Path(entry["image"]).stem + "_glip.png")
+        assert entry["picture"] == str(picture)
+        with Image.open(picture) as png:
+            assert png.format == "PNG" and (np.asarray(png.convert("RGB")) == RED).all(axis=-1).any()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a_glip.png", "b_glip.png", "c_glip.png",
+                                                         "detections.json", "extra_glip.png"]
+
+
+def test_demo_refuses_an_empty_folder_and_a_picture_over_an_input(tmp_path, weight_file):
+    args = ["person", "--config-file", str(SMALL / "config.yaml"), "--weight", str(weight_file), *OPTS]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"The folder .*empty holds no image file"):
+        _load_demo().main([str(tmp_path / "empty"), *args])
+    image_file = tmp_path / "image.png"
+    Image.fromarray(_noise_image()).save(image_file)
+    with pytest.raises(ValueError, match=r"would overwrite the input image .*image.png"):
+        _load_demo().main([str(image_file), *args, "--out", str(image_file)])

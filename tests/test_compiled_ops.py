@@ -280,6 +280,7 @@ def test_modulated_deform_conv_equals_torchvision_reference(seed, device):
             torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-9, msg=name)
 
 
+@pytest.mark.slow
 def test_modulated_deform_conv_over_several_position_ranges():
     """Wide inputs: the CPU kernel splits the output positions into ranges (a partial one last); groups,
     deformable groups, a batch of 2 and offsets from a finer grid, against torchvision in float64."""
@@ -378,6 +379,7 @@ def test_layer_functions_route_through_dispatch(monkeypatch, module_name, name, 
     assert calls == [(first, "second")]
 
 
+@pytest.mark.slow
 def test_layers_main_prints_the_implementations():
     env = dict(os.environ, GLIP_OPS="pytorch")
     result = subprocess.run([sys.executable, "-m", "maskrcnn_benchmark.layers"], cwd=REPO, env=env,

@@ -164,6 +164,7 @@ def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
     assert "<unicode string>" not in message
 
 
+@pytest.mark.slow
 def test_train_net_names_a_config_file_that_is_not_yaml(tmp_path):
     path = tmp_path / "unclosed.yaml"
     path.write_text("SOLVER:\n  STEPS: (0.67, 0.89\nMODEL:\n  DEVICE: [cpu\n")

@@ -5,10 +5,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
-from maskrcnn_benchmark.utils.checkpoint import read_checkpoint
 from helpers import ROOT, free_port, reference_run, small_train_options, subprocess_env, train_net_command
+from maskrcnn_benchmark.utils.checkpoint import read_checkpoint
+
+pytestmark = pytest.mark.slow  # two-process runs of tools/train_net.py (about a minute)
 
 
 def test_two_processes_match_one_process(tmp_path_factory):

@@ -367,6 +367,7 @@ def _distributed_worker(rank: int, world_size: int, port: int, task_config: str,
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_tool_on_two_processes_gathers_on_rank_0(tiny_coco, tmp_path):
     ann_file, task_config = tiny_coco
     port = free_port()

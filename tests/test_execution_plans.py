@@ -325,6 +325,7 @@ def test_no_object_target_only_when_its_token_is_kept():
     torch.testing.assert_close(kept, full)
 
 
+@pytest.mark.slow
 def test_checkpointed_tower_gives_the_same_gradients(small_case, small_state_dict):
     """With USE_CHECKPOINT the cpu plan also recomputes DyConv in backward: values and gradients unchanged."""
     def step(use_checkpoint):
@@ -350,6 +351,7 @@ def golden_model_on_plan(request, small_model):
     small_model.set_execution_plan("cpu")
 
 
+@pytest.mark.slow
 def test_float16_autocast_eval_scores_stay_close_to_float32(golden_model_on_plan, small_case):
     """The official -9e15 padding score does not exist in float16: every plan must still run and give the
     float32 detections within 0.02 (measured: 5e-4)."""
@@ -364,6 +366,7 @@ def test_float16_autocast_eval_scores_stay_close_to_float32(golden_model_on_plan
         assert float((scores_a - scores_b).abs().max()) < 0.02
 
 
+@pytest.mark.slow
 def test_float16_autocast_training_step_is_finite_and_close(golden_model_on_plan, small_case):
     model = golden_model_on_plan.train()
     given = small_case["inputs"]["train"]

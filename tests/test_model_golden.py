@@ -21,6 +21,7 @@ def small_model(small_state_dict):
     return model
 
 
+@pytest.mark.slow
 def test_state_dict_of_full_glip_t_matches_official():
     cfg = get_cfg_defaults()
     cfg.merge_from_file("configs/pretrain/glip_Swin_T_O365_GoldG.yaml")

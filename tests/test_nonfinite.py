@@ -53,6 +53,7 @@ DCN_WITH_BAD_OFFSETS = """
 """
 
 
+@pytest.mark.slow
 def test_nan_or_inf_offsets_raise_a_clear_error_on_every_implementation():
     result = _run_python(DCN_WITH_BAD_OFFSETS)
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-3000:]}"
@@ -135,6 +136,7 @@ def _train_with_nan(root: Path, weights: Path, output: Path, *extra: str) -> sub
 
 
 @pytest.mark.parametrize("plan", ["cpu", "accelerator"])
+@pytest.mark.slow
 def test_training_stops_naming_the_iteration_and_the_layer(small_training_data, tmp_path, plan):
     """The cpu plan checks each conv's offsets (a host sync each); the accelerator plan checks them all once per
     head forward and zeroes them meanwhile, so that no kernel reads memory at NaN offsets."""
@@ -149,6 +151,7 @@ def test_training_stops_naming_the_iteration_and_the_layer(small_training_data, 
     assert not (tmp_path / "out" / "model_final.pth").exists()
 
 
+@pytest.mark.slow
 def test_training_skips_the_step_with_skip_nonfinite_steps(small_training_data, tmp_path):
     root, weights = small_training_data
     result = _train_with_nan(root, weights, tmp_path / "out", "SOLVER.SKIP_NONFINITE_STEPS", "True")

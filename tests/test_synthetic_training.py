@@ -73,6 +73,7 @@ def _variant(tmp_path: Path, name: str, categories: list, keep_ids: set) -> dict
     return {"DATASETS": {"REGISTER": {name: {"img_dir": img_dir, "ann_file": str(path)}}, "TEST": [name]}}
 
 
+@pytest.mark.slow  # the README's synthetic job end to end (minutes)
 def test_main_job_shows_progress_metrics_and_outputs(trained_run):
     work, stdout = trained_run
     assert re.search(r"^iteration \d+/\d+ \(\d+%\)  loss [\d.]+ \(median [\d.]+\)  [\d.]+ s/it  eta [\d:]+$", stdout,
@@ -88,6 +89,7 @@ def test_main_job_shows_progress_metrics_and_outputs(trained_run):
     assert f"Final Train Accuracy : {ap}" in stdout
 
 
+@pytest.mark.slow  # the README's synthetic job end to end (minutes)
 def test_main_job_learns_and_grounds(trained_run, tmp_path):
     work, stdout = trained_run
     final_ap = float(re.search(r"Final Train Accuracy : ([0-9.]+)", stdout).group(1))
@@ -115,6 +117,7 @@ def test_main_job_learns_and_grounds(trained_run, tmp_path):
     assert subset_ap >= GROUNDING_AP_FLOOR
 
 
+@pytest.mark.slow  # the README's synthetic job end to end (minutes)
 def test_main_job_leaves_loss_curve_and_pictures_with_boxes(trained_run):
     work, _ = trained_run
     assert (work / "loss_curve.png").stat().st_size > 0

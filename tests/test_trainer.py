@@ -277,6 +277,7 @@ def test_a_run_where_every_batch_is_skipped_fails_without_a_final_checkpoint(tmp
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"  # the periodic one, before the end
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_leaves_only_loadable_checkpoints(tmp_path):
     writer = (
         "import sys, torch\n"
@@ -329,6 +330,7 @@ def test_device_and_amp_choice(caplog):
 # ----------------------------------------------------------------------------------------------------------------
 # End to end: tools/train_net.py on the small golden model
 # ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path_factory):
     reference = reference_run(tmp_path_factory)
     output = reference["root"] / "killed"
@@ -357,6 +359,7 @@ def test_resume_after_sigkill_is_exact(tmp_path_factory):
             assert torch.equal(final[entry][key], value), (entry, key)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_like_fp32(tmp_path_factory):
     reference = reference_run(tmp_path_factory)
     output = reference["root"] / "bf16"
@@ -383,6 +386,7 @@ def assert_trains_like_fp32(history: dict, expected: dict) -> None:
     assert history["loss"][0] - history["loss"][-1] > 0.5 * (expected["loss"][0] - expected["loss"][-1])
 
 
+@pytest.mark.slow
 def test_float16_autocast_with_loss_scaling_trains_like_fp32(tmp_path_factory):
     """SOLVER.AMP_DTYPE float16 on the CPU: float16 autocast with the GradScaler, as on GPUs and NPUs."""
     reference = reference_run(tmp_path_factory)
@@ -396,6 +400,7 @@ def test_float16_autocast_with_loss_scaling_trains_like_fp32(tmp_path_factory):
     assert "Execution plan: cpu (fusion=folded" in (output / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_train_performance_script_runs_the_small_model_on_cpu(tmp_path):
     data = write_tiny_coco(tmp_path / "data", num_images=2)
     env = subprocess_env(MASTER_PORT=str(free_port()))
@@ -441,6 +446,7 @@ def contents(folder: Path) -> dict:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
+@pytest.mark.slow
 def test_eval_script_keeps_the_checkpoint_it_evaluates(tmp_path):
     data = write_tiny_coco(tmp_path / "data", num_images=1)
     output = tmp_path / "output" / "0"  # the scripts' output folder, which is also the default --work_dir
@@ -455,6 +461,7 @@ def test_eval_script_keeps_the_checkpoint_it_evaluates(tmp_path):
     assert str(output / "model_final.pth") in (output / "eval_0.log").read_text()
 
 
+@pytest.mark.slow
 def test_training_script_refuses_a_folder_of_other_files_unless_told_to_overwrite(tmp_path):
     data = write_tiny_coco(tmp_path / "data", num_images=1)
     work = tmp_path / "work"
@@ -487,6 +494,7 @@ def test_training_script_refuses_a_folder_of_other_files_unless_told_to_overwrit
     assert not (tmp_path / "logs").exists()  # the dry runs wrote nothing
 
 
+@pytest.mark.slow
 def test_second_training_launch_resumes_and_keeps_the_first_runs_files(tmp_path):
     data = write_tiny_coco(tmp_path / "data", num_images=2)
     work = tmp_path / "work"
@@ -511,6 +519,7 @@ def test_second_training_launch_resumes_and_keeps_the_first_runs_files(tmp_path)
     assert kept["train_pytest.log.1"] == first["train_pytest.log"]
 
 
+@pytest.mark.slow
 def test_train_net_no_resume_starts_from_the_weight_in_a_folder_holding_a_run(tmp_path_factory):
     reference = reference_run(tmp_path_factory)
     output = reference["root"] / "restarted"

@@ -102,6 +102,7 @@ def _fusion_step(fuse: VLFuse, case: dict, seed: int) -> tuple[list[torch.Tensor
     return visual + [lang], grads
 
 
+@pytest.mark.slow
 def test_train_mode_dropout_and_checkpointing(small_case, small_state_dict):
     """Fusion dropout is ATTN_DROPOUT; checkpointing the fusion changes neither values nor gradients."""
     eval_logits = small_case["eval"]["head_outputs"]["dot_product_logits"]

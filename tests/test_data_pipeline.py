@@ -13,6 +13,7 @@ from yacs.config import CfgNode
 from maskrcnn_benchmark.config.defaults import _C as default_cfg
 from maskrcnn_benchmark.config.paths_catalog import DatasetCatalog, try_to_find
 from maskrcnn_benchmark.data import BatchCollator, CollatedBatch, compute_max_iter, make_data_loader
+from maskrcnn_benchmark.data.build import dataset_options
 from maskrcnn_benchmark.data.datasets import COCODataset, CocoGrounding
 from maskrcnn_benchmark.data.datasets.modulated_coco import few_shot_image_ids
 from maskrcnn_benchmark.data.samplers import DistributedSampler, GroupedBatchSampler, IterationBasedBatchSampler
@@ -258,6 +259,26 @@ def test_few_shot_selection():
                    4: [{"category_id": 6}], 5: [{"category_id": 6}]}
     assert few_shot_image_ids([1, 2, 3, 4, 5], annotations.__getitem__, 2) == [1, 2, 4]
     assert grounding_dataset(few_shot=1).ids == [3, 7]
+
+
+def test_few_shot_selection_with_shuffle_seed():
+    """DATASETS.SHUFFLE_SEED 3 (the official few-shot recipe's seed), worked out by hand from the official rule.
+
+    random.Random(3).shuffle([1, 2, 3, 4, 5, 6]) gives [1, 3, 4, 6, 5, 2]. One shot each of A, B, C: image 1 takes
+    A, image 3 is kept for B (A is already full, one needed category suffices), image 4 takes C; 6, 5 and 2 are
+    not needed. Unshuffled, images 1 (A), 2 (B) and 4 (C) are kept instead.
+    """
+    categories = {1: "A", 2: "B", 3: "AB", 4: "C", 5: "C", 6: "A"}
+    annotations = {img: [{"category_id": ord(c)} for c in names] for img, names in categories.items()}
+    assert few_shot_image_ids(list(categories), annotations.__getitem__, 1) == [1, 2, 4]
+    assert few_shot_image_ids(list(categories), annotations.__getitem__, 1, shuffle_seed=3) == [1, 3, 4]
+    assert few_shot_image_ids(list(categories), annotations.__getitem__, 1, shuffle_seed=0) == [1, 2, 4]
+    # The config key reaches the training set: the fixture's k-shot subset changes with the seed.
+    cfg = default_cfg.clone()
+    cfg.merge_from_list(["DATASETS.FEW_SHOT", "1", "DATASETS.SHUFFLE_SEED", "3"])
+    options = dataset_options(cfg, "CocoGrounding", True, load_shipped_tokenizer())
+    assert (options["few_shot"], options["shuffle_seed"]) == (1, 3)
+    assert grounding_dataset(few_shot=1, shuffle_seed=3).ids == [7, 11, 3]
 
 
 # ---- transforms ------------------------------------------------------------------------------------------------

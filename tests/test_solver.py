@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from maskrcnn_benchmark.config import get_cfg_defaults
-from maskrcnn_benchmark.solver import WarmupMultiStepLR, make_lr_scheduler, make_optimizer
+from maskrcnn_benchmark.solver import WarmupMultiStepLR, WarmupReduceLROnPlateau, make_lr_scheduler, make_optimizer
 from maskrcnn_benchmark.solver.build import ClippedAdamW, max_iter_from_epochs, resolve_milestones
 from maskrcnn_benchmark.utils.ema import ModelEma
 
@@ -176,6 +176,48 @@ def test_constant_warmup_and_unsupported_schedules():
         make_lr_scheduler(solver_cfg(USE_COSINE=True), optimizer)
     with pytest.raises(ValueError, match="WEIGHT_DECAY_SCHEDULE = True"):
         make_optimizer(solver_cfg(WEIGHT_DECAY_SCHEDULE=True), NamedLikeGlip())
+
+
+def test_autostep_warms_up_then_lowers_the_lr_on_a_plateau_of_the_ap():
+    # Worked out from the official WarmupReduceLROnPlateau: the LR is untouched until the first step; the last
+    # warm-up step already uses the full LR; then more than `patience` evaluations without a better AP multiply
+    # it by gamma, never below MIN_LR; an AP of exactly 0 is not counted.
+    cfg = solver_cfg(USE_AUTOSTEP=True, BASE_LR=1.0, WARMUP_ITERS=3, WARMUP_FACTOR=0.1, GAMMA=0.5,
+                     STEP_PATIENCE=1, MIN_LR=0.2)
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = make_lr_scheduler(cfg, optimizer)
+    assert isinstance(scheduler, WarmupReduceLROnPlateau)
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for _ in range(4):
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs == pytest.approx([1.0, 0.1, 0.4, 1.0, 1.0])
+    after_each_ap = []
+    for average_precision in [0.5, 0.5, 0.5, 0.0, 0.5, 0.5]:
+        scheduler.step(average_precision)
+        after_each_ap.append(optimizer.param_groups[0]["lr"])
+    assert after_each_ap == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.5, 0.25])
+    # The state travels in checkpoints: a restored schedule continues the same plateau count.
+    restored_optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    restored = make_lr_scheduler(cfg, restored_optimizer)
+    restored_optimizer.load_state_dict(optimizer.state_dict())
+    restored.load_state_dict(scheduler.state_dict())
+    for schedule, group in ((scheduler, optimizer.param_groups[0]), (restored, restored_optimizer.param_groups[0])):
+        schedule.step(0.5)
+        schedule.step(0.5)
+        assert group["lr"] == pytest.approx(0.2)  # 0.125 is below MIN_LR
+        schedule.step(0.6)
+        assert schedule.best == 0.6 and schedule.num_bad_epochs == 0
+
+
+def test_autostep_metric_during_warmup_advances_the_warmup():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = WarmupReduceLROnPlateau(optimizer, 0.5, warmup_factor=0.5, warmup_iters=4, patience=0)
+    scheduler.step(0.9)
+    scheduler.step(0.9)
+    assert scheduler.last_epoch == 2 and optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 0.75 + 0.25)
+    with pytest.raises(ValueError, match="warm-up methods"):
+        WarmupReduceLROnPlateau(optimizer, warmup_method="cosine")
 
 
 def test_model_ema_averages_floats_and_copies_integer_buffers():

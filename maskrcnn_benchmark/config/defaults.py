@@ -191,7 +191,9 @@ _C.DATASETS.CLASS_CONCAT = False  # offset the class ids of concatenated dataset
 _C.DATASETS.MAX_BOX = -1  # officially ignored by the grounding training sets (no effect)
 _C.DATASETS.SAMPLE_RATIO = 0.0  # random box subsampling: refused when set
 _C.DATASETS.FEW_SHOT = 0  # k-shot subset of the training set (0: all)
-_C.DATASETS.SHUFFLE_SEED = 0  # officially ignored by the grounding training sets (no effect)
+# Non-zero: shuffle the image ids with random.Random(seed) before the greedy k-shot pick (the official COCODataset
+# rule, applied here to the grounding training sets too, so that the few-shot recipe's seeds pick other subsets).
+_C.DATASETS.SHUFFLE_SEED = 0
 _C.DATASETS.REGISTER = CN(new_allowed=True)  # extra datasets: name -> {img_dir, ann_file, ...}
 # Repeat factors of the training sets (GENERAL_COPY: any other set; -1: no repeat)
 _C.DATASETS.COCO_COPY = 1
@@ -258,10 +260,11 @@ _C.SOLVER.WEIGHT_DECAY = 0.0005
 _C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
 _C.SOLVER.WEIGHT_DECAY_NORM_FACTOR = 1.0
 _C.SOLVER.USE_COSINE = False  # cosine schedule instead of steps: refused (not built)
-_C.SOLVER.MIN_LR = 0.000001
+_C.SOLVER.MIN_LR = 0.000001  # lowest LR of the auto-step schedule
 _C.SOLVER.GAMMA = 0.1
 _C.SOLVER.STEPS = (30000,)  # iterations, or fractions of MAX_ITER when < 1
-_C.SOLVER.USE_AUTOSTEP = False  # decay the LR when the validation metric stalls: refused (not built)
+# Multiply the LR by GAMMA after more than STEP_PATIENCE evaluations (TEST.DURING_TRAINING) without a better AP.
+_C.SOLVER.USE_AUTOSTEP = False
 _C.SOLVER.STEP_PATIENCE = 5
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 3
 _C.SOLVER.WARMUP_ITERS = 500
@@ -269,7 +272,8 @@ _C.SOLVER.WARMUP_METHOD = "linear"
 _C.SOLVER.CHECKPOINT_PERIOD = 2500
 _C.SOLVER.CHECKPOINT_PER_EPOCH = -1.0  # > 0: checkpoint (and evaluate) every this many epochs
 _C.SOLVER.TEST_WITH_INFERENCE = False  # must be True with TEST.DURING_TRAINING (the prompted evaluation)
-_C.SOLVER.AUTO_TERMINATE_PATIENCE = -1  # early stopping: refused (not built)
+# Stop training after this many evaluations in a row below the best AP (-1: never); model_best.pth is kept.
+_C.SOLVER.AUTO_TERMINATE_PATIENCE = -1
 _C.SOLVER.IMS_PER_BATCH = 16  # global batch size over all processes
 _C.SOLVER.MAX_NEG_PER_BATCH = 0.1  # largest share of images without boxes in a batch
 _C.SOLVER.SEED = 0

@@ -71,6 +71,7 @@ def dataset_options(cfg, factory: str, is_train: bool, tokenizer: PreTrainedToke
             disable_shuffle=datasets_cfg.DISABLE_SHUFFLE,
             add_detection_prompt=datasets_cfg.ADD_DET_PROMPT,
             few_shot=datasets_cfg.FEW_SHOT,
+            shuffle_seed=datasets_cfg.SHUFFLE_SEED,
             disable_clip_to_image=datasets_cfg.DISABLE_CLIP_TO_IMAGE,
             no_mask_for_od=cfg.MODEL.DYHEAD.FUSE_CONFIG.NO_MASK_FOR_OD,
         )

@@ -18,6 +18,8 @@ from maskrcnn_benchmark.utils.ema import ModelEma, unwrap_model
 from maskrcnn_benchmark.utils.metric_logger import MetricLogger
 from maskrcnn_benchmark.utils.miscellaneous import get_rng_state, save_loss_curve, set_rng_state
 
+from .hooks import TrainingHook, validation_hooks
+
 logger = logging.getLogger("maskrcnn_benchmark.trainer")
 
 
@@ -210,10 +212,11 @@ def evaluate_model(cfg, model: nn.Module, data_loader: Iterable, device: torch.d
     return broadcast_object(average_precision)
 
 
-def save_checkpoint(checkpointer, name: str, arguments: Dict[str, Any]) -> None:
-    """Save `name` with every process's random-generator states (a collective: all processes call it)."""
+def save_checkpoint(checkpointer, name: str, arguments: Dict[str, Any], tag_last: bool = True) -> None:
+    """Save `name` with every process's random-generator states (a collective: all processes call it);
+    `tag_last` False leaves `last_checkpoint` where it was (model_best)."""
     rng_states = all_gather(get_rng_state())
-    checkpointer.save(name, rng_states=rng_states, **arguments)
+    checkpointer.save(name, tag_last=tag_last, rng_states=rng_states, **arguments)
 
 
 def restore_rng_state(rng_states: Optional[List[Dict[str, Any]]]) -> None:
@@ -263,6 +266,7 @@ def do_train(
     early_stop_iteration: int = -1,
     scaler: Optional[torch.amp.GradScaler] = None,
     model_ema: Optional[ModelEma] = None,
+    hooks: Sequence[TrainingHook] | None = None,
 ) -> Dict[str, Any]:
     """Train from arguments["iteration"] to len(data_loader) (or `early_stop_iteration`); returns `arguments`.
 
@@ -270,7 +274,8 @@ def do_train(
     (its EMA with SOLVER.USE_EMA_FOR_MONITOR) is evaluated every TEST.EVAL_PERIOD iterations (default: the
     checkpoint period). A non-finite loss stops training with NonFiniteLossError, or with
     SOLVER.SKIP_NONFINITE_STEPS skips that step. Random states and the loss history travel in the checkpoints so
-    that a resumed run continues exactly.
+    that a resumed run continues exactly. `hooks` (default: `training_hooks`) see each evaluation's AP: model_best,
+    SOLVER.USE_AUTOSTEP and SOLVER.AUTO_TERMINATE_PATIENCE, which ends the run early.
     """
     meters = meters if meters is not None else MetricLogger(delimiter="  ")
     max_iter = len(data_loader)
@@ -280,6 +285,10 @@ def do_train(
     arguments.setdefault("skipped_steps", 0)
     arguments.setdefault("skipped_batches", 0)
     eval_period = cfg.TEST.EVAL_PERIOD if cfg.TEST.EVAL_PERIOD > 0 else checkpoint_period
+    hooks = training_hooks(cfg, scheduler, optimizer, checkpointer, val_data_loader) if hooks is None else hooks
+    if any([hook.before_train(arguments) for hook in hooks]):
+        meters.close()
+        return arguments
     logger.info("Start training from iteration %d to %d", start_iter, stop_iter)
     model.train()
 
@@ -309,24 +318,50 @@ def do_train(
         if end_of_run:
             # Before the evaluation and the final checkpoint: an untrained model is no result.
             check_trained(cfg, iteration, arguments)
+        stop = False
         if val_data_loader is not None and (iteration % eval_period == 0 or end_of_run and not
                                             cfg.TEST.AFTER_TRAINING):
             monitored = model_ema.ema if model_ema is not None and cfg.SOLVER.USE_EMA_FOR_MONITOR else model
-            arguments["eval_result"] = evaluate_model(cfg, monitored, val_data_loader, device)
-            logger.info("Iteration %d: evaluation AP %.4f", iteration, arguments["eval_result"])
+            stop = evaluate_during_training(cfg, monitored, val_data_loader, device, iteration, arguments, hooks)
             model.train()
         if iteration == max_iter:
             save_checkpoint(checkpointer, "model_final", arguments)
-        elif iteration % checkpoint_period == 0 or end_of_run:
+        elif iteration % checkpoint_period == 0 or end_of_run or stop:
             save_checkpoint(checkpointer, f"model_{iteration:07d}", arguments)
         end = time.perf_counter()
+        if stop:
+            break
 
     log_training_summary(time.perf_counter() - start_training_time, arguments["iteration"] - start_iter,
                          iteration_seconds, cfg.SOLVER.IMS_PER_BATCH)
     log_skip_totals(arguments)
     write_loss_curve(history, cfg.OUTPUT_DIR)
+    for hook in hooks:
+        hook.after_train(arguments)
     meters.close()
     return arguments
+
+
+def training_hooks(cfg, scheduler, optimizer: torch.optim.Optimizer, checkpointer,
+                   val_data_loader: Iterable | None) -> List[TrainingHook]:
+    """The hooks of evaluation during training (none without a validation loader, with a warning when the
+    config asks for the auto-step or early termination, which then never act)."""
+    if val_data_loader is None:
+        if cfg.SOLVER.USE_AUTOSTEP or cfg.SOLVER.AUTO_TERMINATE_PATIENCE != -1:
+            logger.warning("SOLVER.USE_AUTOSTEP and SOLVER.AUTO_TERMINATE_PATIENCE act on the AP of evaluations "
+                           "during training: set TEST.DURING_TRAINING True, or they change nothing.")
+        return []
+    return validation_hooks(cfg, scheduler, optimizer,
+                            lambda name, arguments: save_checkpoint(checkpointer, name, arguments, tag_last=False))
+
+
+def evaluate_during_training(cfg, model: nn.Module, val_data_loader: Iterable, device: torch.device, iteration: int,
+                             arguments: Dict[str, Any], hooks: Sequence[TrainingHook]) -> bool:
+    """Evaluate, record arguments["eval_result"] and give the AP to every hook; True when a hook stops the run."""
+    arguments["eval_result"] = evaluate_model(cfg, model, val_data_loader, device)
+    logger.info("Iteration %d: evaluation AP %.4f", iteration, arguments["eval_result"])
+    # Every hook sees the evaluation, also after one asked to stop (as officially, the best is saved first).
+    return any([hook.after_evaluation(iteration, arguments["eval_result"], arguments) for hook in hooks])
 
 
 def train_step(cfg, model: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, scheduler, device: torch.device,

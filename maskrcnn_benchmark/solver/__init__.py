@@ -1,5 +1,5 @@
 """Optimizer and learning-rate schedule."""
 from .build import make_lr_scheduler, make_optimizer
-from .lr_scheduler import WarmupMultiStepLR
+from .lr_scheduler import WarmupMultiStepLR, WarmupReduceLROnPlateau
 
-__all__ = ["WarmupMultiStepLR", "make_lr_scheduler", "make_optimizer"]
+__all__ = ["WarmupMultiStepLR", "WarmupReduceLROnPlateau", "make_lr_scheduler", "make_optimizer"]

@@ -7,7 +7,7 @@ from torch import nn
 
 from maskrcnn_benchmark.config.compat import check_supported
 
-from .lr_scheduler import WarmupMultiStepLR
+from .lr_scheduler import WarmupMultiStepLR, WarmupReduceLROnPlateau
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +133,21 @@ def max_iter_from_epochs(max_epoch: int, dataset_length: int, ims_per_batch: int
     return max_epoch * dataset_length // ims_per_batch
 
 
-def make_lr_scheduler(cfg, optimizer: torch.optim.Optimizer, max_iter: Optional[int] = None) -> WarmupMultiStepLR:
+def make_lr_scheduler(cfg, optimizer: torch.optim.Optimizer,
+                      max_iter: Optional[int] = None) -> WarmupMultiStepLR | WarmupReduceLROnPlateau:
     """Warm-up then step decay at SOLVER.STEPS; `max_iter` (default SOLVER.MAX_ITER) resolves fractional steps.
 
     With SOLVER.MAX_EPOCH the trainer passes the iteration count derived from the dataset length, so the config
-    itself is never modified.
+    itself is never modified. With SOLVER.USE_AUTOSTEP the decay (by GAMMA, down to MIN_LR) comes instead after
+    more than SOLVER.STEP_PATIENCE evaluations without a better validation AP (SOLVER.STEPS is then not read).
     """
     check_supported(cfg, ("SOLVER",))
     solver = cfg.SOLVER
+    if solver.USE_AUTOSTEP:
+        return WarmupReduceLROnPlateau(
+            optimizer, solver.GAMMA, warmup_factor=solver.WARMUP_FACTOR, warmup_iters=solver.WARMUP_ITERS,
+            warmup_method=solver.WARMUP_METHOD, min_lr=solver.MIN_LR, patience=solver.STEP_PATIENCE,
+        )
     max_iter = solver.MAX_ITER if max_iter is None else max_iter
     return WarmupMultiStepLR(
         optimizer, resolve_milestones(solver.STEPS, max_iter), solver.GAMMA, warmup_factor=solver.WARMUP_FACTOR,

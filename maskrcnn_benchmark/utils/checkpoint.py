@@ -350,8 +350,9 @@ class Checkpointer:
         self.save_to_disk = save_to_disk
         self.logger = logger or logging.getLogger(__name__)
 
-    def save(self, name: str, **extra: Any) -> Optional[str]:
-        """Write `<save_dir>/<name>.pth` atomically, point `last_checkpoint` at it, prune old periodic ones."""
+    def save(self, name: str, tag_last: bool = True, **extra: Any) -> Optional[str]:
+        """Write `<save_dir>/<name>.pth` atomically, point `last_checkpoint` at it (unless not `tag_last`: a
+        side file such as model_best that a resume must not start from), prune old periodic ones."""
         if not self.save_dir or not self.save_to_disk:
             return None
         target = self.model.module if hasattr(self.model, "module") else self.model
@@ -369,7 +370,8 @@ class Checkpointer:
         self.logger.info("Saving checkpoint to %s", path)
         self.remove_partial_files()
         atomic_torch_save(data, path)
-        self.tag_last_checkpoint(f"{name}.pth")
+        if tag_last:
+            self.tag_last_checkpoint(f"{name}.pth")
         if self.keep_last > 0:
             self.prune_periodic_checkpoints()
         return path

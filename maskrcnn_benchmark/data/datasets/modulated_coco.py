@@ -16,11 +16,19 @@ from .positive_maps import create_greenlight_map, create_positive_map
 logger = logging.getLogger(__name__)
 
 
-def few_shot_image_ids(ids: Sequence[Any], annotations_of: Callable[[Any], List[dict]], shots: int) -> List[Any]:
-    """Images kept by GLIP's greedy k-shot selection: an image stays while one of its categories needs shots."""
+def few_shot_image_ids(ids: Sequence[Any], annotations_of: Callable[[Any], List[dict]], shots: int,
+                       shuffle_seed: int = 0) -> List[Any]:
+    """Images kept by GLIP's greedy k-shot selection: an image stays while one of its categories needs shots.
+
+    With a non-zero `shuffle_seed` the ids are first shuffled by `random.Random(shuffle_seed)` (the official
+    COCODataset rule), so that each seed picks another subset; the kept ids stay in that shuffled order.
+    """
     remaining: Dict[int, int] = defaultdict(lambda: shots)
+    order = list(ids)
+    if shuffle_seed != 0:
+        random.Random(shuffle_seed).shuffle(order)
     kept = []
-    for img_id in ids:
+    for img_id in order:
         categories = {ann["category_id"] for ann in annotations_of(img_id)}
         if any(remaining[c] > 0 for c in categories):
             kept.append(img_id)
@@ -53,10 +61,12 @@ class CocoGrounding(CocoImages):
                  tokenizer: PreTrainedTokenizerBase, max_query_len: int = 256, separation_tokens: str = " ",
                  disable_shuffle: bool = False, add_detection_prompt: bool = False,
                  caption_prompt: Optional[Sequence[dict]] = None, override_category: Optional[List[dict]] = None,
-                 few_shot: int = 0, disable_clip_to_image: bool = False, no_mask_for_od: bool = False) -> None:
+                 few_shot: int = 0, disable_clip_to_image: bool = False, no_mask_for_od: bool = False,
+                 shuffle_seed: int = 0) -> None:
         super().__init__(img_folder, ann_file, remove_images_without_annotations=True)
         if few_shot:
-            self.select_images(few_shot_image_ids(self.ids, self.raw_annotations, few_shot), " in the few-shot set")
+            self.select_images(few_shot_image_ids(self.ids, self.raw_annotations, few_shot, shuffle_seed),
+                               " in the few-shot set")
         if override_category is not None:
             # Replaces the names only: the id -> label mapping was built from the file's own categories.
             self.coco.dataset["categories"] = override_category

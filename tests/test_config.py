@@ -500,13 +500,13 @@ def test_the_data_evaluation_and_solver_builders_refuse_from_the_one_table(glip_
     from maskrcnn_benchmark.solver.build import make_lr_scheduler, make_optimizer
 
     config = glip_t_cfg.clone()
-    config.merge_from_list(["DATASETS.CLASS_CONCAT", "True", "TEST.EVAL_TASK", "grounding",
+    config.merge_from_list(["DATASETS.CLASS_CONCAT", "True", "TEST.EVAL_TASK", "vqa",
                             "SOLVER.USE_COSINE", "True", "MODEL.MASK_ON", "True"])
     # Each builder checks its own sections only: the data builder names the data key, not the solver key.
     with pytest.raises(ValueError, match=r"DATASETS\.CLASS_CONCAT = True") as error:
         build_dataset(config, ["coco_grounding_train"], None, None, is_train=True)
     assert "SOLVER" not in str(error.value) and "MASK_ON" not in str(error.value)
-    with pytest.raises(ValueError, match=r"TEST\.EVAL_TASK = 'grounding' selects the grounding evaluators"):
+    with pytest.raises(ValueError, match=r"TEST\.EVAL_TASK = 'vqa' selects another evaluation task"):
         inference(None, None, "val", cfg=config)
     with pytest.raises(ValueError, match=r"SOLVER\.USE_COSINE = True") as error:
         make_optimizer(config, torch.nn.Linear(2, 2))

@@ -1,12 +1,22 @@
 """LVIS evaluation: the federated protocol, APr/APc/APf and fixed AP against hand-computed values."""
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
+from torch import nn
 
+from conftest import SMALL
+from helpers import load_tool
 from maskrcnn_benchmark.data.evaluation.lvis_eval import (check_lvis_annotations, evaluate_lvis,
                                                          fixed_ap_detections)
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.text import load_shipped_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Categories of each frequency group; "bus" has no ground truth anywhere (its AP is undefined, -1).
 CATEGORIES = [{"id": 1, "name": "cat", "frequency": "r"}, {"id": 2, "name": "dog", "frequency": "c"},
@@ -14,7 +24,7 @@ CATEGORIES = [{"id": 1, "name": "cat", "frequency": "r"}, {"id": 2, "name": "dog
 # Image 1: a cat and a dog (dog not exhaustively annotated); no car there (neg). Image 2: two cars; no cat.
 IMAGES = [{"id": 1, "width": 100, "height": 100, "neg_category_ids": [3], "not_exhaustive_category_ids": [2],
            "coco_url": "http://images.cocodataset.org/val2017/000000000001.jpg"},
-          {"id": 2, "width": 100, "height": 100, "neg_category_ids": [1], "not_exhaustive_category_ids": [],
+          {"id": 2, "width": 120, "height": 60, "neg_category_ids": [1], "not_exhaustive_category_ids": [],
            "coco_url": "http://images.cocodataset.org/val2017/000000000002.jpg"}]
 ANNOTATIONS = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100},
                {"id": 2, "image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10], "area": 100},
@@ -100,3 +110,69 @@ def test_lvis_annotations_are_checked():
     gt["categories"][2]["frequency"] = "x"
     with pytest.raises(ValueError, match=r"category 3 \('car'\) has frequency 'x'"):
         check_lvis_annotations(gt, "lvis.json")
+
+
+# ---- end to end: the official LVIS minival config through tools/test_grounding_net.py -----------------------------
+
+class PromptedFakeDetector(nn.Module):
+    """Returns the DETECTIONS (xyxy, scaled to the input size) of the categories named in the prompt it gets,
+    labelled through the prompt's label -> token map, so a wrong prompt chunk or label mapping loses them."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokenizer = load_shipped_tokenizer()
+        self.prompts = []
+
+    def forward(self, images, captions=None, positive_map=None, tokenized=None):
+        self.prompts.append(captions[0])
+        ids = tokenized["input_ids"][0]
+        name_to_label = {self.tokenizer.decode(ids[tokens]): label for label, tokens in positive_map.items()}
+        outputs = []
+        for height, width in images.image_sizes:
+            image = next(i for i in IMAGES if abs(i["width"] / i["height"] - width / height) < 1e-6)
+            names = {cat["id"]: cat["name"] for cat in CATEGORIES}
+            dets = [d for d in DETECTIONS if d["image_id"] == image["id"] and names[d["category_id"]] in name_to_label]
+            boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)]).reshape(-1, 4)
+            boxlist = BoxList(boxes.float(), (image["width"], image["height"]), mode="xyxy").resize((width, height))
+            boxlist.add_field("scores", torch.tensor([d["score"] for d in dets]))
+            boxlist.add_field("labels", torch.tensor([name_to_label[names[d["category_id"]]] for d in dets],
+                                                     dtype=torch.int64))
+            outputs.append(boxlist)
+        return outputs
+
+
+def _write_lvis_set(folder: Path) -> Path:
+    """The images (at their coco_url paths) and the LVIS json; returns the json."""
+    rng = np.random.default_rng(0)
+    for image in IMAGES:
+        path = folder / "coco" / Path(*image["coco_url"].split("/")[-2:])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (image["height"], image["width"], 3), dtype=np.uint8)).save(path)
+    ann_file = folder / "lvis_minival.json"
+    ann_file.write_text(json.dumps(GT))
+    return ann_file
+
+
+def test_official_lvis_minival_config_evaluates_with_the_lvis_protocol(tmp_path):
+    ann_file = _write_lvis_set(tmp_path)
+    task_config = tmp_path / "minival.yaml"
+    official = (ROOT / "configs" / "lvis" / "minival.yaml").read_text()
+    official = official.replace('img_dir: "coco"', f'img_dir: "{tmp_path / "coco"}"', 1)
+    task_config.write_text(official.replace('"coco/annotations/lvis_v1_minival_inserted_image_name.json"',
+                                            f'"{ann_file}"'))
+    model = PromptedFakeDetector()
+    argv = ["--config-file", str(SMALL / "config.yaml"), "--task_config", str(task_config),
+            "MODEL.LANGUAGE_BACKBONE.MODEL_PATH", str(SMALL / "bert"), "MODEL.DEVICE", "cpu",
+            "OUTPUT_DIR", str(tmp_path / "out"), "TEST.EVAL_TASK", "detection", "TEST.CHUNKED_EVALUATION", "2",
+            "TEST.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TEST", "120", "INPUT.MAX_SIZE_TEST", "1333",
+            "DATALOADER.NUM_WORKERS", "0"]
+    results = load_tool("tools/test_grounding_net.py").main(argv, model=model)
+    summary, entries = results["lvis_evaluation_mini_val"]
+    assert summary.results["bbox"]["APr"] == pytest.approx(0.5, abs=1e-6)
+    assert summary.results["bbox"]["APc"] == pytest.approx(1.0, abs=1e-6)
+    assert summary.results["bbox"]["APf"] == pytest.approx(CAR_AP, abs=1e-6)
+    assert summary.results["bbox"]["AP"] == pytest.approx((0.5 + 1.0 + CAR_AP) / 3, abs=1e-6)
+    assert sorted(set(model.prompts)) == ["car. bus", "cat. dog"]  # two chunks of 2 categories, label order
+    assert len(entries["bbox"]) == len(DETECTIONS)
+    csv = (tmp_path / "out" / "inference" / "lvis_evaluation_mini_val" / "bbox.csv").read_text().splitlines()
+    assert csv[0] == "metric, avg " and csv[7].startswith("APr, 0.5")

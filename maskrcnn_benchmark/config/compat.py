@@ -275,7 +275,8 @@ SUPPORTED_CHOICES: Dict[str, Tuple[Tuple[Any, ...], str]] = {
     "DATASETS.SPECIAL_SAFEGUARD_FOR_COCO_GROUNDING": ((False,), "GLIP's LVIS caption sampling"),
     "DATASETS.CLASS_CONCAT": ((False,), "class-id offsets between concatenated datasets"),
     "DATASETS.SAMPLE_RATIO": ((0.0,), "random subsampling of the boxes of each image"),
-    "TEST.EVAL_TASK": (("", "detection"), "the grounding evaluators (Flickr30k, LVIS)"),
+    "TEST.EVAL_TASK": (("", "detection", "grounding"), "another evaluation task"),
+    "DATASETS.FLICKR_GT_TYPE": (("separate", "merged"), "another Flickr30k ground-truth box type"),
 }
 
 
@@ -354,8 +355,6 @@ NO_EFFECT_KEYS: Dict[str, str] = {
     "DATASETS.VG_COPY": _COPY_OF_NAMED_SET,
     "DATASETS.OI_COPY": _COPY_OF_NAMED_SET,
     "DATASETS.IN_COPY": _COPY_OF_NAMED_SET,
-    "DATASETS.LVIS_USE_NORMAL_AP": "read only by the LVIS evaluator, not built (TEST.EVAL_TASK is refused)",
-    "DATASETS.FLICKR_GT_TYPE": "read only by the Flickr30k evaluator, not built (TEST.EVAL_TASK is refused)",
     "SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO": "read only by the weight-decay schedule (WEIGHT_DECAY_SCHEDULE: refused)",
     "SOLVER.DATASET_LENGTH": "an output: the official data builder writes the training set's length there",
     "SOLVER.TUNING_HIGHLEVEL_OVERRIDE": "read only by the official tools/finetune.py (a preset of the FREEZE, "
@@ -394,7 +393,8 @@ READ_KEYS: Dict[str, Tuple[str, ...]] = {
     "DATASETS": ("TRAIN", "TEST", "CLASS_AGNOSTIC", "FEW_SHOT", "SHUFFLE_SEED", "REGISTER", "GENERAL_COPY", "GENERAL_COPY_TEST",
                  "ADD_DET_PROMPT", "DISABLE_SHUFFLE", "DISABLE_CLIP_TO_IMAGE", "SEPARATION_TOKENS",
                  "TRAIN_DATASETNAME_SUFFIX", "TEST_DATASETNAME_SUFFIX", "OVERRIDE_CATEGORY", "USE_OVERRIDE_CATEGORY",
-                 "SUPRESS_QUERY", "USE_SUPRESS_QUERY", "USE_CAPTION_PROMPT", "CAPTION_PROMPT"),
+                 "SUPRESS_QUERY", "USE_SUPRESS_QUERY", "USE_CAPTION_PROMPT", "CAPTION_PROMPT", "LVIS_USE_NORMAL_AP",
+                 "FLICKR_GT_TYPE"),
     "DATALOADER": ("NUM_WORKERS", "SIZE_DIVISIBILITY", "ASPECT_RATIO_GROUPING", "USE_RANDOM_SEED"),
     "SOLVER": ("USE_AMP", "MAX_ITER", "MAX_EPOCH", "OPTIMIZER", "BASE_LR", "LANG_LR", "BACKBONE_BODY_LR_FACTOR",
                "BIAS_LR_FACTOR", "GRAD_CLIP", "MODEL_EMA", "MOMENTUM", "WEIGHT_DECAY", "WEIGHT_DECAY_BIAS",

@@ -217,7 +217,7 @@ _C.DATASETS.DISABLE_CLIP_TO_IMAGE = False
 _C.DATASETS.SEPARATION_TOKENS = " "  # text between class names in a detection caption
 _C.DATASETS.SPECIAL_SAFEGUARD_FOR_COCO_GROUNDING = False
 # Evaluation and task-specific prompts
-_C.DATASETS.LVIS_USE_NORMAL_AP = False
+_C.DATASETS.LVIS_USE_NORMAL_AP = False  # LVIS: standard AP (300 per image) instead of fixed AP (10,000 per class)
 _C.DATASETS.TRAIN_DATASETNAME_SUFFIX = ""  # appended to every training set name (e.g. "_grounding")
 _C.DATASETS.TEST_DATASETNAME_SUFFIX = ""
 _C.DATASETS.OVERRIDE_CATEGORY = None  # JSON list of categories replacing the dataset's own
@@ -226,7 +226,7 @@ _C.DATASETS.SUPRESS_QUERY = None
 _C.DATASETS.USE_SUPRESS_QUERY = False
 _C.DATASETS.USE_CAPTION_PROMPT = False
 _C.DATASETS.CAPTION_PROMPT = None
-_C.DATASETS.FLICKR_GT_TYPE = "separate"
+_C.DATASETS.FLICKR_GT_TYPE = "separate"  # Flickr30k recall against any box of a phrase, or "merged": their union box
 
 # ---------------------------------------------------------------------------------------------------------
 # Data loader
@@ -292,7 +292,7 @@ _C.TEST.EXPECTED_RESULTS = []
 _C.TEST.EXPECTED_RESULTS_SIGMA_TOL = 4
 _C.TEST.DURING_TRAINING = False
 _C.TEST.IMS_PER_BATCH = 16  # global batch size over all processes
-_C.TEST.EVAL_TASK = ""  # "detection" or "grounding"
+_C.TEST.EVAL_TASK = ""  # "detection" (class-name prompts; COCO or LVIS AP) or "grounding" (Flickr30k recall)
 _C.TEST.SUBSET = -1  # evaluate only the first N images (-1: all)
 _C.TEST.CHUNKED_EVALUATION = -1  # split the class list into prompts of this many classes (-1: one prompt)
 _C.TEST.MDETR_STYLE_AGGREGATE_CLASS_NUM = -1

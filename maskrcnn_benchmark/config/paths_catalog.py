@@ -35,7 +35,9 @@ class DatasetCatalog:
     """Official dataset names (COCO-format ones) -> image folder and annotation file, relative to the data root.
 
     Names containing "_grounding" build the training dataset that turns detection boxes into grounding targets
-    (`CocoGrounding`); other names build the detection dataset used for evaluation (`COCODataset`).
+    (`CocoGrounding`); names containing "lvis_evaluation" the LVIS evaluation set (`LvisDetection`), names
+    containing "flickr" the Flickr30k grounding evaluation set (`FlickrDataset`), as in GLIP; other names build
+    the detection dataset used for evaluation (`COCODataset`).
     """
 
     DATASETS: Dict[str, Dict[str, str]] = {
@@ -51,6 +53,18 @@ class DatasetCatalog:
         "coco_2014_minival": {
             "img_dir": "coco/val2014",
             "ann_file": "coco/annotations/instances_minival2014.json",
+        },
+        # Flickr30k phrase grounding (evaluation only): MDETR's annotations give the images and captions, the
+        # Flickr30k Entities folder (Annotations/, Sentences/, val.txt, test.txt) the boxes the recall is rated on.
+        "flickr30k_val": {
+            "img_dir": "flickr30k/flickr30k_images/val",
+            "ann_file": "mdetr_annotations/final_flickr_separateGT_val.json",
+            "entities_dir": "flickr30k/flickr30k",
+        },
+        "flickr30k_test": {
+            "img_dir": "flickr30k/flickr30k_images/test",
+            "ann_file": "mdetr_annotations/final_flickr_separateGT_test.json",
+            "entities_dir": "flickr30k/flickr30k",
         },
     }
 
@@ -79,7 +93,21 @@ class DatasetCatalog:
         ann_file = try_to_find(attrs["ann_file"])
         if "_grounding" in name:
             return {"factory": "CocoGrounding", "args": {"img_folder": img_dir, "ann_file": ann_file}}
+        if "lvis_evaluation" in name:
+            return {"factory": "LvisDetection", "args": {"root": img_dir, "ann_file": ann_file}}
+        if "flickr" in name:
+            return {"factory": "FlickrDataset", "args": _flickr_args(name, attrs, img_dir, ann_file)}
         return {"factory": "COCODataset", "args": {"root": img_dir, "ann_file": ann_file}}
+
+
+def _flickr_args(name: str, attrs: Mapping[str, str], img_dir: str, ann_file: str) -> dict:
+    """FlickrDataset arguments: the Flickr30k Entities folder and split ("test" when the name says so, as GLIP)."""
+    if "entities_dir" not in attrs:
+        raise ValueError(f"Dataset {name!r} needs an 'entities_dir' entry: the Flickr30k Entities folder (with "
+                         f"Annotations/, Sentences/ and val.txt/test.txt) that the recall evaluation reads "
+                         f"(got {dict(attrs)}).")
+    return {"img_folder": img_dir, "ann_file": ann_file, "entities_dir": try_to_find(attrs["entities_dir"]),
+            "subset": "test" if "test" in name else "val"}
 
 
 def ensure_synthetic_dataset(attrs: Mapping[str, object]) -> None:

@@ -11,13 +11,18 @@ from tqdm import tqdm
 
 from maskrcnn_benchmark.config.compat import check_supported
 from maskrcnn_benchmark.data.build import load_list_option
+from maskrcnn_benchmark.data.datasets.flickr import FlickrDataset
+from maskrcnn_benchmark.data.datasets.lvis import LvisDetection
 from maskrcnn_benchmark.data.datasets.od_to_grounding import check_caption_prompt_length, clean_name, join_names
 from maskrcnn_benchmark.data.datasets.positive_maps import create_positive_dict
 from maskrcnn_benchmark.data.evaluation import evaluate
 from maskrcnn_benchmark.data.evaluation.coco_eval import require_box_annotations
+from maskrcnn_benchmark.data.evaluation.flickr_eval import FlickrGroundTruth, evaluate_flickr_recall, write_flickr_csv
+from maskrcnn_benchmark.data.evaluation.lvis_eval import do_lvis_evaluation
 from maskrcnn_benchmark.layers.deform_conv import NonFiniteOffsetError
 from maskrcnn_benchmark.text import build_tokenizer, tokenize_captions
 from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.image_list import ImageList
 from maskrcnn_benchmark.structures.boxlist_ops import cat_boxlist
 from maskrcnn_benchmark.utils.comm import get_world_size, is_main_process, synchronize
 
@@ -173,10 +178,104 @@ def _run_model(detector: PromptedDetector, data_loader, subset: int, verbose: bo
 
 
 def _check_eval_settings(cfg) -> None:
-    """Refuse the evaluation options that are not built (grounding evaluators, test-time augmentation)."""
+    """Refuse the evaluation options that are not built (test-time augmentation, other tasks)."""
     check_supported(cfg, ("TEST",))
     # The official default task "" calls the model without a prompt, which a grounding model cannot run:
     # the class-name prompt is used for it too.
+
+
+def _is_grounding_evaluation(cfg, dataset, dataset_name: str) -> bool:
+    """Whether TEST.EVAL_TASK asks for phrase grounding; raise when task and dataset do not go together."""
+    grounding = cfg.TEST.EVAL_TASK == "grounding"
+    flickr = isinstance(dataset, FlickrDataset)
+    if grounding and not flickr:
+        raise ValueError(f"TEST.EVAL_TASK grounding evaluates the Flickr30k sets (names containing 'flickr'); "
+                         f"{dataset_name} is a {type(dataset).__name__}: evaluate it with TEST.EVAL_TASK detection.")
+    if flickr and not grounding:
+        raise ValueError(f"{dataset_name} is a Flickr30k phrase-grounding set: evaluate it with TEST.EVAL_TASK "
+                         f"grounding (got {cfg.TEST.EVAL_TASK!r}).")
+    return grounding
+
+
+def single_image(images: ImageList, index: int, size_divisible: int) -> ImageList:
+    """Image `index` of a batch as a batch of one, padded as if it had been batched alone."""
+    height, width = images.image_sizes[index]
+    if size_divisible > 0:
+        height_padded = -(-height // size_divisible) * size_divisible
+        width_padded = -(-width // size_divisible) * size_divisible
+    else:
+        height_padded, width_padded = height, width
+    return ImageList(images.tensors[index:index + 1, :, :height_padded, :width_padded], [(height, width)])
+
+
+def phrase_boxes(detections: BoxList, target: BoxList, image_info: dict) -> dict:
+    """One sentence's ranked boxes per phrase (label k + 1 is phrase k) in original pixels (xyxy), best first."""
+    detections = detections.resize((image_info["width"], image_info["height"])).convert("xyxy")
+    num_phrases = len(target.get_field("positive_map_eval"))
+    boxes: List[List[List[float]]] = [[] for _ in range(num_phrases)]
+    scores: List[List[float]] = [[] for _ in range(num_phrases)]
+    order = torch.argsort(detections.get_field("scores"), descending=True, stable=True).tolist()
+    all_boxes, all_scores = detections.bbox.tolist(), detections.get_field("scores").tolist()
+    for i in order:
+        phrase = int(detections.get_field("labels")[i]) - 1
+        boxes[phrase].append(all_boxes[i])
+        scores[phrase].append(all_scores[i])
+    return {"image_id": target.get_field("original_img_id"), "sentence_id": target.get_field("sentence_id"),
+            "boxes": boxes, "scores": scores}
+
+
+@torch.no_grad()
+def _ground_phrases(model: nn.Module, data_loader, cfg, device: torch.device, verbose: bool) -> Dict[int, dict]:
+    """{dataset index: phrase_boxes} over the loader; each image is run alone with its own caption."""
+    tokenizer = build_tokenizer(cfg)
+    language = cfg.MODEL.LANGUAGE_BACKBONE
+    results: Dict[int, dict] = {}
+    for i, batch in enumerate(tqdm(data_loader, disable=not (verbose and is_main_process()))):
+        if i == cfg.TEST.SUBSET:
+            break
+        images, targets, image_ids, *_ = batch
+        for k, (target, index) in enumerate(zip(targets, image_ids)):
+            caption = target.get_field("caption")
+            # Phrase k of the sentence is label k + 1 (labels start at 1 in the VL head).
+            label_to_tokens = create_positive_map_label_to_token_from_positive_map(
+                target.get_field("positive_map_eval"), plus=1)
+            tokenized = {key: value.to(device) for key, value in
+                         tokenize_captions(tokenizer, [caption], language.MAX_QUERY_LEN, language.PAD_MAX).items()}
+            image = single_image(images, k, cfg.DATALOADER.SIZE_DIVISIBILITY).to(device)
+            output = model(image, captions=[caption], positive_map=label_to_tokens, tokenized=tokenized)[0]
+            info = data_loader.dataset.get_img_info(int(index))
+            results[int(index)] = phrase_boxes(output.to("cpu"), target, info)
+    return results
+
+
+def grounding_inference(model: nn.Module, data_loader, dataset_name: str, device: torch.device,
+                        output_folder: Optional[str], cfg, verbose: bool = True) -> Dict[str, float] | None:
+    """Ground each Flickr30k sentence's phrases and return the recall scores on rank 0 (None elsewhere).
+
+    Writes `predictions.pth` (the ranked boxes per phrase) and the official `bbox.csv` into `output_folder`.
+    """
+    dataset = data_loader.dataset
+    if cfg.TEST.EXPECTED_RESULTS:
+        raise ValueError("TEST.EXPECTED_RESULTS checks box AP (COCO, LVIS); the Flickr30k recall has no such "
+                         "check. Leave it empty with TEST.EVAL_TASK grounding.")
+    # The ground truth is read first: a wrong entities folder fails before the model runs over the split.
+    ground_truth = FlickrGroundTruth(dataset.entities_dir, dataset.subset, cfg.DATASETS.FLICKR_GT_TYPE == "merged")
+    if verbose:
+        logger.info("Start phrase grounding on %s dataset(%d sentences).", dataset_name, len(dataset))
+    model.eval()
+    predictions = _ground_phrases(model, data_loader, cfg, device, verbose)
+    synchronize()
+    predictions = accumulate_predictions_from_multiple_gpus(predictions)
+    if not is_main_process():
+        return None
+    ordered = [predictions[i] for i in sorted(predictions)]
+    scores = evaluate_flickr_recall(ground_truth, ordered)
+    for name, value in scores.items():
+        logger.info("%s = %.4f", name, value)
+    if output_folder:
+        torch.save(ordered, os.path.join(output_folder, "predictions.pth"))
+        write_flickr_csv(scores, os.path.join(output_folder, "bbox.csv"))
+    return scores
 
 
 def inference(model: nn.Module, data_loader, dataset_name: str, iou_types: Sequence[str] = ("bbox",),
@@ -187,11 +286,15 @@ def inference(model: nn.Module, data_loader, dataset_name: str, iou_types: Seque
 
     Writes `predictions.pth` (BoxLists in model input coordinates, dataset order), `bbox.json` (COCO results in
     original image coordinates and the dataset's category ids), `bbox.csv` and `coco_results.pth` into
-    `output_folder`. Returns what `evaluate` returns: (COCOResults, {iou type: COCO results list}).
+    `output_folder`. Returns what `evaluate` returns: (COCOResults, {iou type: COCO results list}); an LVIS
+    dataset is rated with the LVIS protocol instead (`do_lvis_evaluation`: LvisResults, bbox.json, bbox.csv), and
+    with TEST.EVAL_TASK grounding a Flickr30k set with phrase recall (`grounding_inference`: the scores dict).
     """
     _check_eval_settings(cfg)
     device = torch.device(device)
     dataset = data_loader.dataset
+    if _is_grounding_evaluation(cfg, dataset, dataset_name):
+        return grounding_inference(model, data_loader, dataset_name, device, output_folder, cfg, verbose)
     require_box_annotations(dataset, dataset_name)  # before running the model over every image
     if verbose:
         logger.info("Start evaluation on %s dataset(%d images).", dataset_name, len(dataset))
@@ -213,5 +316,9 @@ def inference(model: nn.Module, data_loader, dataset_name: str, iou_types: Seque
         return None
     if output_folder:
         torch.save([predictions[i] for i in sorted(predictions)], os.path.join(output_folder, "predictions.pth"))
+    if isinstance(dataset, LvisDetection):
+        return do_lvis_evaluation(dataset, predictions, output_folder, fixed_ap=not cfg.DATASETS.LVIS_USE_NORMAL_AP,
+                                  expected_results=expected_results,
+                                  expected_results_sigma_tol=expected_results_sigma_tol)
     return evaluate(dataset, predictions, output_folder, box_only=box_only, iou_types=iou_types,
                     expected_results=expected_results, expected_results_sigma_tol=expected_results_sigma_tol)

@@ -1,6 +1,8 @@
 """LVIS evaluation: the federated protocol, APr/APc/APf and fixed AP against hand-computed values."""
 import copy
 import json
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,8 @@ from torch import nn
 
 from conftest import SMALL
 from helpers import load_tool
+from maskrcnn_benchmark.config import get_cfg_defaults
+from maskrcnn_benchmark.config.compat import check_supported
 from maskrcnn_benchmark.data.evaluation.lvis_eval import (check_lvis_annotations, evaluate_lvis,
                                                          fixed_ap_detections)
 from maskrcnn_benchmark.structures.bounding_box import BoxList
@@ -176,3 +180,18 @@ def test_official_lvis_minival_config_evaluates_with_the_lvis_protocol(tmp_path)
     assert len(entries["bbox"]) == len(DETECTIONS)
     csv = (tmp_path / "out" / "inference" / "lvis_evaluation_mini_val" / "bbox.csv").read_text().splitlines()
     assert csv[0] == "metric, avg " and csv[7].startswith("APr, 0.5")
+
+
+@pytest.mark.parametrize("task", ["lvis", "flickr"])
+def test_readme_evaluation_commands_merge_and_are_supported(task):
+    """The README's LVIS and Flickr30k commands name existing configs and only settings this port builds."""
+    section = (ROOT / "README.md").read_text().split("\n### LVIS and Flickr30k\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [block.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
+    command = next(block for block in blocks if f"configs/{task}/" in block)
+    args = load_tool("tools/test_grounding_net.py").parse_args(shlex.split(command)[2:])
+    cfg = get_cfg_defaults()
+    cfg.merge_from_file(str(ROOT / args.config_file))
+    cfg.merge_from_file(str(ROOT / args.task_config))
+    cfg.merge_from_list(args.opts)
+    check_supported(cfg)
+    assert cfg.TEST.EVAL_TASK == {"lvis": "detection", "flickr": "grounding"}[task]

@@ -11,10 +11,11 @@ Every leaf key of the defaults has exactly one status here (a test walks them al
 
 The official GLIP defaults define keys for many features this port does not build (ROI heads, other backbones
 and heads, other language models, extra losses, ...). They are all accepted here, with their official defaults,
-so that every official config file and config dump merges unchanged. Only the GLIP-T path (Swin-T + FPN, BERT,
-VLDyHead with MHA-B fusion and the dot-product token loss, ATSS) is built. :func:`check_supported`, called by
-build_detection_model, the data and evaluation builders and the solver builders, refuses every setting of the
-third kind, naming the key, the value and what is built; the builders themselves only map keys to arguments.
+so that every official config file and config dump merges unchanged. Only the GLIP path (Swin + FPN, BERT,
+VLDyHead with MHA-B fusion, or none for GLIP-A, and the dot-product token loss, ATSS) is built.
+:func:`check_supported`, called by build_detection_model (all but SOLVER), the data and evaluation builders and
+the solver builders (SOLVER), refuses every setting of the third kind, naming the key, the value and what is
+built; the builders themselves only map keys to arguments.
 """
 import copy
 from typing import Any, Callable, Dict, List, Sequence, Tuple
@@ -179,13 +180,9 @@ UNBUILT_FEATURES: Dict[str, Dict[str, Dict[str, Any]]] = {
     "ONNX export of the R-CNN heads": {
         "MODEL": {"ONNX": False},
     },
-    "caption (pseudo-labelled image-text) datasets": {
-        "DATASETS": {
-            "BING_INDEX_LIST": [], "CAPTION_MIN_BOX": 1, "REPLACE_CLEAN_LABEL": False, "FURTHER_SCREEN": False,
-            "CAPTION_CONF": 0.9, "CAPTION_NMS": 0.9, "PACK_RANDOM_CAPTION_NUMBER": 0, "INFERENCE_CAPTION": False,
-            "SAMPLE_NEGATIVE_FOR_GROUNDING_DATA": -1.0, "RANDOM_PACK_PROB": -1.0, "NO_RANDOM_PACK_PROBABILITY": 0.0,
-            "SAFEGUARD_POSITIVE_CAPTION": True, "CAPTION_FORMAT_VERSION": "v1", "LOCAL_DEBUG": False,
-        },
+    # The caption datasets' own options are accepted without effect (NO_EFFECT_KEYS); this one is refused because
+    # officially it replaces the sampler of every training set, caption or not.
+    "the chunk-by-node sampler of the caption datasets": {
         "DATALOADER": {"DISTRIBUTE_CHUNK_AMONG_NODE": False},
     },
     "VQA data": {
@@ -261,11 +258,8 @@ SUPPORTED_CHOICES: Dict[str, Tuple[Tuple[Any, ...], str]] = {
     "MODEL.DYHEAD.USE_DYRELU": ((True,), "a DyHead tower without DyReLU"),
     "MODEL.DYHEAD.USE_DYFUSE": ((True,), "a DyHead tower without scale-aware attention"),
     "MODEL.DYHEAD.USE_DFCONV": ((True,), "a DyHead tower without deformable convs"),
-    "MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON": ((True,), "a head without image-text fusion (GLIP-A)"),
     "MODEL.DYHEAD.FUSE_CONFIG.TYPE": (("MHA-B",), "another fusion type (MHA-S, SCAN, FILM, none)"),
     "MODEL.DYHEAD.FUSE_CONFIG.USE_DOT_PRODUCT_TOKEN_LOSS": ((True,), "a head without dot-product token logits"),
-    "MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT":
-        ((True,), "dot-product logits on language features before the last fusion (GLIP-A)"),
     "MODEL.DYHEAD.FUSE_CONFIG.USE_CLASSIFICATION_LOSS":
         ((False,), "the sigmoid classification loss beside the dot-product token loss"),
     "MODEL.RPN.USE_FPN": ((True,), "single-level anchors without the FPN"),
@@ -301,8 +295,19 @@ def _is_swin_stage_widths(value: Any, lookup: Callable[[str], Any]) -> bool:
     return list(value) == [embed_dim * 2 ** i for i in range(len(depths))]
 
 
+def _fused_language_or_no_fusion(value: Any, lookup: Callable[[str], Any]) -> bool:
+    """USE_FUSED_FEATURES_DOT_PRODUCT False is built only without early fusion (GLIP-A).
+
+    With early fusion the official head then replaces its last BERT layer by a no-op, a tower this port does not
+    build.
+    """
+    return bool(value) or lookup("MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON") is False
+
+
 # Key -> (rule on its value given the config, what is built). A value breaking the rule is refused.
 BUILT_RULES: Dict[str, Tuple[Callable[[Any, Callable[[str], Any]], bool], str]] = {
+    "MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT": (
+        _fused_language_or_no_fusion, "True, or False with MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON False (GLIP-A)"),
     "MODEL.RPN.ASPECT_RATIOS": (lambda value, _: len(value) == 1, "one aspect ratio (one anchor per location)"),
     "MODEL.RPN.SCALES_PER_OCTAVE": (lambda value, _: value == 1, "1 (one anchor per location)"),
     "MODEL.BACKBONE.OUT_CHANNELS": (_equals_key("MODEL.DYHEAD.CHANNELS"), "MODEL.DYHEAD.CHANNELS"),
@@ -321,6 +326,8 @@ _NO_EFFECT_IN_TRANSFORMS = ("the official build_transforms reads it but builds o
                             "normalisation, as here")
 _GROUNDING_SETS_IGNORE = ("the official builder passes it to the dataset, and the grounding training sets "
                           "(CocoGrounding, the only ones this port trains on) ignore it")
+_CAPTION_SETS_ONLY = ("read only by the official caption datasets (CaptionTSV, PseudoData, the bing_caption sets); "
+                      "this port's catalog builds none of them (their names are refused), so it cannot change a run")
 _COPY_OF_NAMED_SET = ("repeat factor of one named set of the official catalog (flickr30k, mixed, the odinw-8copy "
                       "sets), none of them in this port's catalog; DATASETS.GENERAL_COPY repeats the others")
 NO_EFFECT_KEYS: Dict[str, str] = {
@@ -355,6 +362,20 @@ NO_EFFECT_KEYS: Dict[str, str] = {
     "DATASETS.VG_COPY": _COPY_OF_NAMED_SET,
     "DATASETS.OI_COPY": _COPY_OF_NAMED_SET,
     "DATASETS.IN_COPY": _COPY_OF_NAMED_SET,
+    "DATASETS.BING_INDEX_LIST": _CAPTION_SETS_ONLY,
+    "DATASETS.CAPTION_MIN_BOX": _CAPTION_SETS_ONLY,
+    "DATASETS.REPLACE_CLEAN_LABEL": _CAPTION_SETS_ONLY,
+    "DATASETS.FURTHER_SCREEN": _CAPTION_SETS_ONLY,
+    "DATASETS.CAPTION_CONF": _CAPTION_SETS_ONLY,
+    "DATASETS.CAPTION_NMS": _CAPTION_SETS_ONLY,
+    "DATASETS.PACK_RANDOM_CAPTION_NUMBER": _CAPTION_SETS_ONLY,
+    "DATASETS.INFERENCE_CAPTION": _CAPTION_SETS_ONLY,
+    "DATASETS.SAMPLE_NEGATIVE_FOR_GROUNDING_DATA": _CAPTION_SETS_ONLY,
+    "DATASETS.RANDOM_PACK_PROB": _CAPTION_SETS_ONLY,
+    "DATASETS.NO_RANDOM_PACK_PROBABILITY": _CAPTION_SETS_ONLY,
+    "DATASETS.SAFEGUARD_POSITIVE_CAPTION": _CAPTION_SETS_ONLY,
+    "DATASETS.CAPTION_FORMAT_VERSION": _CAPTION_SETS_ONLY,
+    "DATASETS.LOCAL_DEBUG": _CAPTION_SETS_ONLY,
     "SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO": "read only by the weight-decay schedule (WEIGHT_DECAY_SCHEDULE: refused)",
     "SOLVER.DATASET_LENGTH": "an output: the official data builder writes the training set's length there",
     "SOLVER.TUNING_HIGHLEVEL_OVERRIDE": "read only by the official tools/finetune.py (a preset of the FREEZE, "
@@ -386,6 +407,7 @@ READ_KEYS: Dict[str, Tuple[str, ...]] = {
         "JOINT_EMB_SIZE", "TOKEN_GAMMA", "TOKEN_ALPHA", "DOT_PRODUCT_TOKEN_LOSS_WEIGHT", "CLAMP_MIN_FOR_UNDERFLOW",
         "CLAMP_MAX_FOR_OVERFLOW", "CLAMP_BERTATTN_MIN_FOR_UNDERFLOW", "CLAMP_BERTATTN_MAX_FOR_OVERFLOW",
         "CLAMP_DOT_PRODUCT", "ADD_LINEAR_LAYER", "ATTN_DROPOUT", "ATTN_EMBED_DIM", "ATTN_NUM_HEADS",
+        "EARLY_FUSE_ON", "USE_FUSED_FEATURES_DOT_PRODUCT",
     ),
     "INPUT": ("MIN_SIZE_TRAIN", "MAX_SIZE_TRAIN", "MIN_SIZE_TEST", "MAX_SIZE_TEST", "PIXEL_MEAN", "PIXEL_STD",
               "TO_BGR255", "FORMAT", "FIX_RES"),
@@ -511,8 +533,8 @@ def unsupported_settings(cfg: CN, sections: Sequence[str] | None = None) -> List
 def check_supported(cfg: CN, sections: Sequence[str] | None = None) -> None:
     """Raise ValueError naming every key, value and feature of `cfg` (in `sections`) that this port does not build.
 
-    build_detection_model checks every key; the data, evaluation and solver builders check their own sections
-    (a test may build a data loader from a config whose model part is not the built one).
+    build_detection_model checks every key but SOLVER; the data, evaluation and solver builders check their own
+    sections (a test may build a data loader from a config whose model part is not the built one).
     """
     problems = unsupported_settings(cfg, sections)
     if problems:

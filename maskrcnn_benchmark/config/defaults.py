@@ -227,6 +227,22 @@ _C.DATASETS.USE_SUPRESS_QUERY = False
 _C.DATASETS.USE_CAPTION_PROMPT = False
 _C.DATASETS.CAPTION_PROMPT = None
 _C.DATASETS.FLICKR_GT_TYPE = "separate"  # Flickr30k recall against any box of a phrase, or "merged": their union box
+# Options of the official caption datasets (CaptionTSV, PseudoData, the bing_caption sets). This port's catalog
+# cannot hold such a set, so they never change a run here: accepted without effect (config/compat.py).
+_C.DATASETS.BING_INDEX_LIST = []
+_C.DATASETS.CAPTION_MIN_BOX = 1
+_C.DATASETS.REPLACE_CLEAN_LABEL = False
+_C.DATASETS.FURTHER_SCREEN = False
+_C.DATASETS.CAPTION_CONF = 0.9
+_C.DATASETS.CAPTION_NMS = 0.9
+_C.DATASETS.PACK_RANDOM_CAPTION_NUMBER = 0
+_C.DATASETS.INFERENCE_CAPTION = False
+_C.DATASETS.SAMPLE_NEGATIVE_FOR_GROUNDING_DATA = -1.0
+_C.DATASETS.RANDOM_PACK_PROB = -1.0
+_C.DATASETS.NO_RANDOM_PACK_PROBABILITY = 0.0
+_C.DATASETS.SAFEGUARD_POSITIVE_CAPTION = True
+_C.DATASETS.CAPTION_FORMAT_VERSION = "v1"
+_C.DATASETS.LOCAL_DEBUG = False
 
 # ---------------------------------------------------------------------------------------------------------
 # Data loader

@@ -258,8 +258,9 @@ class SwinTransformer(nn.Module):
         self.frozen_stages = frozen_stages
         self.out_features = tuple(out_features)
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        # Stochastic depth grows linearly over all blocks of all stages.
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        # Stochastic depth grows linearly over all blocks of all stages (plain numbers, computed on the CPU so
+        # that the model also builds under `with torch.device("meta")`).
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.num_features = [embed_dim * 2 ** i for i in range(len(depths))]
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):

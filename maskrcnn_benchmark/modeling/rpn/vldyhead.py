@@ -120,7 +120,9 @@ class VLDyHeadOutput(NamedTuple):
 class VLDyHead(UsesExecutionPlan, nn.Module):
     """GLIP-T head: NUM_CONVS x [VLFuse, BertEncoderLayer, DyConv], then box, centerness and token-logit heads.
 
-    `dyhead_tower` is a flat list so that state-dict keys are the official dyhead_tower.{3i, 3i+1, 3i+2}.
+    `dyhead_tower` is a flat list so that state-dict keys are the official dyhead_tower.{3i, 3i+1, 3i+2}. Without
+    early fusion (GLIP-A) the tower is NUM_CONVS x [DyConv] (keys dyhead_tower.{i}), as officially: the language
+    features pass the tower unchanged.
     """
 
     def __init__(
@@ -141,13 +143,20 @@ class VLDyHead(UsesExecutionPlan, nn.Module):
         clamp_bert_max: bool = True,
         clamp_dot_product: bool = True,
         use_checkpoint: bool = False,
+        early_fuse: bool = True,
+        use_fused_language: bool = True,
     ) -> None:
         super().__init__()
         lang_dim = language_config.hidden_size
         self.clamp_dot_product = clamp_dot_product
         self.use_checkpoint = use_checkpoint
+        self.early_fuse = early_fuse
+        self.use_fused_language = use_fused_language
         tower = []
         for _ in range(num_convs):
+            if not early_fuse:
+                tower.append(DyConv(channels, channels, num_groups))
+                continue
             b_attn = BiAttentionBlock(
                 channels, lang_dim, attn_embed_dim, attn_num_heads, dropout=attn_dropout,
                 init_values=1.0 / num_convs,
@@ -181,6 +190,10 @@ class VLDyHead(UsesExecutionPlan, nn.Module):
         # the training memory otherwise.
         checkpoint_dyconv = (self.use_checkpoint and self.execution_plan.recompute_dyconv and self.training
                              and torch.is_grad_enabled())
+        if not self.early_fuse:
+            for dyconv in self.dyhead_tower:
+                visual = checkpoint(dyconv, visual, use_reentrant=False) if checkpoint_dyconv else dyconv(visual)
+            return visual, hidden
         for i in range(0, len(self.dyhead_tower), 3):
             fuse, bert_layer, dyconv = self.dyhead_tower[i:i + 3]
             visual, hidden = fuse(visual, hidden, masks)
@@ -204,7 +217,10 @@ class VLDyHead(UsesExecutionPlan, nn.Module):
         visual, hidden = self._run_tower(list(features), language_dict_features["hidden"], masks)
         raise_for_deferred_offsets(self)
 
-        tokens = F.normalize(hidden, p=2, dim=-1)
+        # Officially the token logits read the tower's language output (USE_FUSED_FEATURES_DOT_PRODUCT, GLIP-T)
+        # or else the language backbone's masked features ("embedded", GLIP-A).
+        tokens = hidden if self.use_fused_language else language_dict_features["embedded"]
+        tokens = F.normalize(tokens, p=2, dim=-1)
         proj_tokens = self.dot_product_projection_text(tokens / 2.0)
         token_bias = torch.matmul(tokens, self.bias_lang) + self.bias0
 
@@ -218,7 +234,7 @@ class VLDyHead(UsesExecutionPlan, nn.Module):
 
 
 def build_vldyhead(cfg, language_config: BertConfig) -> VLDyHead:
-    """Build the GLIP-T VLDyHead from the official config keys and the language model's BertConfig.
+    """Build the VLDyHead (GLIP-T, GLIP-L; GLIP-A: no early fusion) from the official keys and the BertConfig.
 
     Only maps keys to arguments: config.check_supported (called by build_detection_model) refuses the variants
     that are not built.
@@ -247,4 +263,6 @@ def build_vldyhead(cfg, language_config: BertConfig) -> VLDyHead:
         clamp_bert_max=fuse.CLAMP_BERTATTN_MAX_FOR_OVERFLOW,
         clamp_dot_product=fuse.CLAMP_DOT_PRODUCT,
         use_checkpoint=dyhead.USE_CHECKPOINT,
+        early_fuse=fuse.EARLY_FUSE_ON,
+        use_fused_language=fuse.USE_FUSED_FEATURES_DOT_PRODUCT,
     )

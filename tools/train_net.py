@@ -102,8 +102,13 @@ def checkpoint_period_of(cfg, max_iter: int) -> int:
 
 
 def train(cfg, device: torch.device, distributed: bool, use_tensorboard: bool = False,
-          early_stop_iteration: int = -1, resume: bool = False, restart: bool = False) -> torch.nn.Module:
-    """Build everything, load the weights or resume (never with `restart`), train; returns the trained model."""
+          early_stop_iteration: int = -1, resume: bool = False, restart: bool = False,
+          skip_optimizer_resume: bool = False) -> torch.nn.Module:
+    """Build everything, load the weights or resume (never with `restart`), train; returns the trained model.
+
+    With `skip_optimizer_resume` a resume takes the checkpoint's weights only and trains from iteration 0 with a
+    fresh optimizer and schedule (tools/finetune.py --skip_optimizer_resume).
+    """
     logger = logging.getLogger("maskrcnn_benchmark.trainer")
     model = build_detection_model(cfg)
     model.to(device)
@@ -134,7 +139,7 @@ def train(cfg, device: torch.device, distributed: bool, use_tensorboard: bool = 
         logger.info("Resuming from %s", checkpointer.get_checkpoint_file())
     weight = find_weight(cfg.MODEL.WEIGHT) if cfg.MODEL.WEIGHT and not resuming else ""
     arguments = {"iteration": 0}
-    arguments.update(checkpointer.load(weight, force=restart))
+    arguments.update(checkpointer.load(weight, force=restart, skip_optimizer=skip_optimizer_resume))
     # Resume mid-schedule: the sampler continues from the checkpointed iteration.
     data_loader.batch_sampler.start_iter = arguments["iteration"]
 

@@ -378,8 +378,6 @@ NO_EFFECT_KEYS: Dict[str, str] = {
     "DATASETS.LOCAL_DEBUG": _CAPTION_SETS_ONLY,
     "SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO": "read only by the weight-decay schedule (WEIGHT_DECAY_SCHEDULE: refused)",
     "SOLVER.DATASET_LENGTH": "an output: the official data builder writes the training set's length there",
-    "SOLVER.TUNING_HIGHLEVEL_OVERRIDE": "read only by the official tools/finetune.py (a preset of the FREEZE, "
-                                        "LINEAR_PROB and ADD_LINEAR_LAYER keys), not by train_net: set those keys",
     "PATHS_CATALOG": "the catalog is this package's paths_catalog.py (add datasets with DATASETS.REGISTER); "
                      "an official dump holds the dumping machine's path",
 }
@@ -424,7 +422,7 @@ READ_KEYS: Dict[str, Tuple[str, ...]] = {
                "CHECKPOINT_PERIOD", "CHECKPOINT_PER_EPOCH", "IMS_PER_BATCH", "MAX_NEG_PER_BATCH", "SEED",
                "FIND_UNUSED_PARAMETERS", "USE_EMA_FOR_MONITOR", "AMP_DTYPE", "LOG_PERIOD", "KEEP_LAST_CHECKPOINTS",
                "SKIP_NONFINITE_STEPS", "DDP_TIMEOUT_MINUTES", "USE_AUTOSTEP", "STEP_PATIENCE", "MIN_LR",
-               "AUTO_TERMINATE_PATIENCE"),
+               "AUTO_TERMINATE_PATIENCE", "TUNING_HIGHLEVEL_OVERRIDE"),
     "SOLVER.CLIP_GRADIENTS": ("ENABLED", "CLIP_VALUE", "CLIP_TYPE"),
     "TEST": ("EXPECTED_RESULTS", "EXPECTED_RESULTS_SIGMA_TOL", "DURING_TRAINING", "IMS_PER_BATCH", "SUBSET",
              "CHUNKED_EVALUATION", "MDETR_STYLE_AGGREGATE_CLASS_NUM", "AFTER_TRAINING", "EVAL_PERIOD"),

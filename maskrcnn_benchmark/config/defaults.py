@@ -295,7 +295,8 @@ _C.SOLVER.MAX_NEG_PER_BATCH = 0.1  # largest share of images without boxes in a 
 _C.SOLVER.SEED = 0
 _C.SOLVER.FIND_UNUSED_PARAMETERS = True  # passed to DistributedDataParallel
 _C.SOLVER.DATASET_LENGTH = -1  # filled in by the official data builder; nothing reads it (no effect)
-_C.SOLVER.TUNING_HIGHLEVEL_OVERRIDE = None  # official finetune.py's preset; train_net ignores it (no effect)
+# A preset of the freeze keys (config/tuning_presets.py) that tools/finetune.py applies; train_net ignores it.
+_C.SOLVER.TUNING_HIGHLEVEL_OVERRIDE = None
 _C.SOLVER.USE_EMA_FOR_MONITOR = False
 _C.SOLVER.WEIGHT_DECAY_SCHEDULE = False  # decay the weight decay together with the LR: refused (not built)
 _C.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO = 0.667

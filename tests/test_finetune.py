@@ -1,0 +1,128 @@
+"""tools/finetune.py and the SOLVER.TUNING_HIGHLEVEL_OVERRIDE presets, on the synthetic model and dataset."""
+import csv
+import os
+
+import pytest
+import yaml
+
+from helpers import ROOT, load_tool
+from maskrcnn_benchmark.config import get_cfg_defaults
+from maskrcnn_benchmark.config.tuning_presets import TUNING_PRESETS, apply_tuning_preset
+from maskrcnn_benchmark.data.datasets.synthetic import generate_synthetic_dataset
+from maskrcnn_benchmark.modeling.detector import build_detection_model
+from maskrcnn_benchmark.utils.checkpoint import read_checkpoint
+
+SYNTHETIC = ROOT / "configs" / "synthetic" / "glip_synthetic.yaml"
+LINEAR_PROB_KEYS = ("bbox_pred", "cls_logits", "centerness", "cosine_scale", "dot_product_projection_text",
+                    "head.log_scale", "head.bias_lang", "head.bias0")
+
+
+def officially_trainable(name: str, cfg) -> bool:
+    """The official finetune.py freeze rules for one parameter name (the unused cls_logits conv: always frozen)."""
+    if name.startswith("backbone.body."):
+        return not cfg.MODEL.BACKBONE.FREEZE
+    if name.startswith("backbone.fpn."):
+        return not cfg.MODEL.FPN.FREEZE
+    if name.startswith("language_backbone."):
+        return not cfg.MODEL.LANGUAGE_BACKBONE.FREEZE
+    if "tunable_linear" in name:
+        return cfg.MODEL.DYHEAD.FUSE_CONFIG.ADD_LINEAR_LAYER
+    assert name.startswith("rpn."), name
+    if cfg.MODEL.RPN.FREEZE or "cls_logits" in name:
+        return False
+    return not cfg.MODEL.LINEAR_PROB or any(key in name for key in LINEAR_PROB_KEYS)
+
+
+@pytest.fixture(scope="module")
+def synthetic_cfg():
+    cfg = get_cfg_defaults()
+    cfg.merge_from_file(str(SYNTHETIC))
+    cfg.MODEL.LANGUAGE_BACKBONE.MODEL_PATH = str(ROOT / "configs" / "synthetic" / "bert_tiny")
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+@pytest.mark.parametrize("preset", sorted(TUNING_PRESETS))
+def test_each_preset_trains_exactly_the_official_parameters(synthetic_cfg, preset):
+    cfg = synthetic_cfg.clone()
+    cfg.SOLVER.TUNING_HIGHLEVEL_OVERRIDE = preset
+    apply_tuning_preset(cfg)
+    model = build_detection_model(cfg)
+    model.train()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {name for name, _ in model.named_parameters() if officially_trainable(name, cfg)}
+    assert trainable
+    # What each preset is for, in the parameters it leaves trainable.
+    if preset in ("language_prompt_v2", "language_prompt_v4"):
+        assert trainable == {"rpn.tunable_linear.weight"}
+    elif preset in ("language_prompt_v1", "language_prompt_v3"):
+        assert all(name.startswith("language_backbone.") for name in trainable)
+    elif preset == "linear_prob":
+        assert all(name.startswith("rpn.head.") for name in trainable)
+        assert cfg.MODEL.DYHEAD.USE_CHECKPOINT is False
+
+
+def test_an_unknown_preset_is_refused_naming_the_presets(synthetic_cfg):
+    cfg = synthetic_cfg.clone()
+    cfg.SOLVER.TUNING_HIGHLEVEL_OVERRIDE = "prompt"
+    with pytest.raises(ValueError, match=r"SOLVER\.TUNING_HIGHLEVEL_OVERRIDE 'prompt' is not a preset; use one of "
+                                         r"\['full', 'language_prompt_v1'"):
+        apply_tuning_preset(cfg)
+
+
+def write_task(tmp_path, name: str, seed: int) -> str:
+    """A task config naming a tiny synthetic dataset (6 training, 2 validation images of 64 px)."""
+    root = generate_synthetic_dataset(str(tmp_path / name), seed, num_train=6, num_val=2, size=64, min_side=12,
+                                      max_side=32, max_objects=2)
+    split = lambda s: {"img_dir": str(root / s), "ann_file": str(root / "annotations" / f"{s}.json")}  # noqa: E731
+    task = {"DATASETS": {"REGISTER": {f"{name}_grounding_train": split("train"), f"{name}_val": split("val")},
+                         "TRAIN": [f"{name}_grounding_train"], "TEST": [f"{name}_val"]}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(task))
+    return str(path)
+
+
+def test_finetune_runs_two_tasks_by_two_shot_settings_and_writes_its_table(tmp_path, monkeypatch):
+    tasks = ",".join([write_task(tmp_path, "shapes_a", 1), write_task(tmp_path, "shapes_b", 2)])
+    output = tmp_path / "runs"
+    monkeypatch.chdir(ROOT)
+    tool = load_tool("tools/finetune.py")
+    rows = tool.main([
+        "--config-file", str(SYNTHETIC), "--ft-tasks", tasks, "--custom_shot_and_epoch_and_general_copy", "1_1_1,2_1_1",
+        "--shuffle_seeds", "3", "--push_both_val_and_test", "--evaluate_only_best_on_test",
+        "OUTPUT_DIR", str(output), "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
+        "INPUT.MIN_SIZE_TRAIN", "64", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
+        "INPUT.MAX_SIZE_TEST", "64", "AUGMENT.MULT_MIN_SIZE_TRAIN", "(64,)", "SOLVER.IMS_PER_BATCH", "1",
+        "TEST.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "TEST.DURING_TRAINING", "True",
+        "SOLVER.TEST_WITH_INFERENCE", "True", "TEST.AFTER_TRAINING", "False", "SOLVER.TUNING_HIGHLEVEL_OVERRIDE",
+        "language_prompt_v2",
+    ])
+    folders = ["ft_task_1_1shot_seed_3", "ft_task_1_2shot_seed_3", "ft_task_2_1shot_seed_3", "ft_task_2_2shot_seed_3"]
+    assert [os.path.basename(row["output_dir"]) for row in rows] == folders
+    with open(output / "finetune_results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["task"], r["shots"], r["seed"]) for r in table] == [
+        ("shapes_a", "1", "3"), ("shapes_a", "2", "3"), ("shapes_b", "1", "3"), ("shapes_b", "2", "3")]
+    for row, folder in zip(table, folders):
+        best = read_checkpoint(str(output / folder / "model_best.pth"))
+        assert float(row["val AP (best)"]) == best["best_eval"]["ap"]
+        assert int(row["best iteration"]) == best["best_eval"]["iteration"] >= 1
+        test_column = "AP shapes_a_val" if row["task"] == "shapes_a" else "AP shapes_b_val"
+        assert 0.0 <= float(row[test_column]) <= 1.0
+        saved = yaml.safe_load((output / folder / "config.yml").read_text())
+        assert saved["DATASETS"]["SHUFFLE_SEED"] == 3 and saved["MODEL"]["DYHEAD"]["FUSE_CONFIG"]["ADD_LINEAR_LAYER"]
+    assert (output / "finetune_results.md").read_text().splitlines()[0].startswith("| task | output_dir | shots |")
+
+
+def test_finetune_refuses_bad_settings_naming_the_flag(capsys):
+    tool = load_tool("tools/finetune.py")
+    with pytest.raises(ValueError, match=r"--custom_shot_and_epoch_and_general_copy '1_200': expected SHOT_EPOCH_COPY"):
+        tool.shot_settings("1_1_1,1_200")
+    with pytest.raises(ValueError, match=r"--shuffle_seeds '3,x': expected comma-separated whole numbers"):
+        tool.seeds_of("3,x")
+    with pytest.raises(FileNotFoundError, match=r"--ft-tasks: no config file matches 'no/such/\*\.yaml'"):
+        tool.task_configs("no/such/*.yaml", "base.yaml")
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--config-file", "base.yaml", "--keep_testing"])
+    assert "--keep_testing opened the official interactive debugger" in capsys.readouterr().err
+    assert tool.shot_settings("1_200_8,10000_1_1") == [(1, 200, 8), (10000, 1, 1)] and tool.seeds_of(None) == [None]

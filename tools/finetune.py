@@ -1,0 +1,242 @@
+"""Fine-tune GLIP on several tasks, shot settings and seeds (the official tools/finetune.py interface).
+
+    python tools/finetune.py --config-file BASE.yaml --ft-tasks "configs/odinw_13/*.yaml" \
+        [--custom_shot_and_epoch_and_general_copy SHOT_EPOCH_COPY[,SHOT_EPOCH_COPY...]] [--shuffle_seeds 3,30] \
+        [--skip_optimizer_resume] [--evaluate_only_best_on_test] [--push_both_val_and_test] [--skip-test] KEY VALUE...
+
+For each task config (comma-separated globs, each sorted), shot setting and seed: the base config, then the task
+config, then KEY VALUE pairs; SHOT_EPOCH_COPY sets DATASETS.FEW_SHOT, SOLVER.MAX_EPOCH and DATASETS.GENERAL_COPY
+(10000 shots: zero-shot, the weights are evaluated untrained, as officially); a seed sets DATASETS.SHUFFLE_SEED;
+SOLVER.TUNING_HIGHLEVEL_OVERRIDE's preset (full, linear_prob, language_prompt_v1..v4) sets the freeze keys. Each
+run trains in OUTPUT_DIR/ft_task_<n>[_<shots>shot][_seed_<seed>] (resumed when it holds a checkpoint) and is
+evaluated on DATASETS.TEST. The runs' APs are written to OUTPUT_DIR/finetune_results.csv and .md.
+Several settings in one launch are this port's extension; a single one gives the official folder names.
+"""
+import argparse
+import csv
+import glob
+import logging
+import os
+import shutil
+import sys
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # train_net
+
+from maskrcnn_benchmark.config import get_cfg_defaults  # noqa: E402
+from maskrcnn_benchmark.config.tuning_presets import apply_tuning_preset  # noqa: E402
+from maskrcnn_benchmark.modeling.detector import build_detection_model  # noqa: E402
+from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer, load_state_dict, read_checkpoint  # noqa: E402
+from maskrcnn_benchmark.utils.comm import get_local_rank, get_rank, is_main_process, synchronize  # noqa: E402
+from maskrcnn_benchmark.utils.device import init_distributed, resolve_device, set_current_device  # noqa: E402
+from maskrcnn_benchmark.utils.logger import setup_logger  # noqa: E402
+from maskrcnn_benchmark.utils.miscellaneous import mkdir, save_config, seed_all  # noqa: E402
+
+import train_net  # noqa: E402  (tools/ is on sys.path when this script runs)
+
+logger = logging.getLogger("maskrcnn_benchmark.finetune")
+ZERO_SHOT = 10000  # the official "shots" value that means: evaluate the weights without training
+
+
+def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
+    """The official flags (--keep_testing is refused: it opened an interactive debugger)."""
+    parser = argparse.ArgumentParser(description="GLIP fine-tuning over tasks, shots and seeds")
+    parser.add_argument("--config-file", default="", metavar="FILE", help="base config file")
+    parser.add_argument("--ft-tasks", default="", help="task config files: comma-separated globs")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None)
+    parser.add_argument("--skip-train", dest="skip_train", action="store_true", help="evaluate without training")
+    parser.add_argument("--skip-test", dest="skip_test", action="store_true", help="do not evaluate on DATASETS.TEST")
+    parser.add_argument("--skip_optimizer_resume", action="store_true",
+                        help="resume a run's weights without its optimizer and schedule")
+    parser.add_argument("--custom_shot_and_epoch_and_general_copy", default=None,
+                        help="SHOT_EPOCH_COPY, e.g. 1_200_8 (several: comma-separated)")
+    parser.add_argument("--shuffle_seeds", default=None, help="comma-separated DATASETS.SHUFFLE_SEED values")
+    parser.add_argument("--evaluate_only_best_on_test", action="store_true",
+                        help="evaluate model_best.pth (kept by TEST.DURING_TRAINING) instead of the final weights")
+    parser.add_argument("--push_both_val_and_test", action="store_true",
+                        help="the results table also gives the best validation AP and its iteration")
+    parser.add_argument("--keep_testing", action="store_true", help="official interactive testing: refused")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+    if args.keep_testing:
+        parser.error("--keep_testing opened the official interactive debugger after each test and is not ported; "
+                     "evaluate other sets with tools/test_grounding_net.py --task_config instead.")
+    if not args.config_file:
+        parser.error("--config-file is required (the base config, e.g. configs/pretrain/glip_Swin_T_O365_GoldG.yaml)")
+    return args
+
+
+def task_configs(ft_tasks: str, config_file: str) -> List[str]:
+    """The task config files: each comma-separated glob's matches, sorted; the base config when none given."""
+    if not ft_tasks:
+        return [config_file]
+    files = []
+    for pattern in ft_tasks.split(","):
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise FileNotFoundError(f"--ft-tasks: no config file matches {pattern!r}.")
+        files.extend(matches)
+    return files
+
+
+def shot_settings(value: str | None) -> List[Tuple[int, int, int] | None]:
+    """(shots, epochs, general copy) of each SHOT_EPOCH_COPY; [None] keeps the task configs' own."""
+    if not value:
+        return [None]
+    settings = []
+    for item in value.split(","):
+        parts = item.split("_")
+        if len(parts) != 3 or not all(part.isdigit() for part in parts):
+            raise ValueError(f"--custom_shot_and_epoch_and_general_copy {item!r}: expected SHOT_EPOCH_COPY, three "
+                             "whole numbers joined by '_' (e.g. 1_200_8 for 1 shot, 200 epochs, 8 copies).")
+        settings.append(tuple(int(part) for part in parts))
+    return settings
+
+
+def seeds_of(value: str | None) -> List[int | None]:
+    """The --shuffle_seeds values; [None] keeps the task configs' DATASETS.SHUFFLE_SEED."""
+    if not value:
+        return [None]
+    try:
+        return [int(seed) for seed in value.split(",")]
+    except ValueError:
+        raise ValueError(f"--shuffle_seeds {value!r}: expected comma-separated whole numbers, e.g. 3,30.") from None
+
+
+def run_config(args: argparse.Namespace, task_file: str, task_id: int, shots: Tuple[int, int, int] | None,
+               seed: int | None, several_shots: bool):
+    """One run's config: base, task file, KEY VALUEs, shot setting, seed, output folder, tuning preset."""
+    cfg = get_cfg_defaults()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts or [])
+    output_dir = cfg.OUTPUT_DIR
+    cfg.merge_from_file(task_file)
+    cfg.merge_from_list(args.opts or [])
+    folder = f"ft_task_{task_id}"
+    if shots is not None:
+        cfg.DATASETS.FEW_SHOT, cfg.SOLVER.MAX_EPOCH, cfg.DATASETS.GENERAL_COPY = shots
+        folder += f"_{shots[0]}shot" if several_shots else ""
+    if seed is not None:
+        cfg.DATASETS.SHUFFLE_SEED = seed
+        folder += f"_seed_{seed}"
+    cfg.merge_from_list(args.opts or [])  # the command line wins, as officially
+    cfg.MODEL.WEIGHT = resolve_last_checkpoint(cfg.MODEL.WEIGHT)
+    cfg.OUTPUT_DIR = os.path.join(output_dir, folder)
+    apply_tuning_preset(cfg)
+    return cfg
+
+
+def resolve_last_checkpoint(weight: str) -> str:
+    """A MODEL.WEIGHT ending in model_last_checkpoint.pth names the file its folder's last_checkpoint points to."""
+    if "model_last_checkpoint.pth" not in weight:
+        return weight
+    pointer = weight.replace("model_last_checkpoint.pth", "last_checkpoint")
+    if not os.path.isfile(pointer):
+        raise FileNotFoundError(f"MODEL.WEIGHT {weight!r} asks for the last checkpoint, but {pointer} is missing.")
+    with open(pointer) as f:
+        return weight.replace("model_last_checkpoint.pth", f.read().strip())
+
+
+def evaluate(cfg, model: torch.nn.Module, distributed: bool, best_only: bool) -> Dict[str, float]:
+    """AP on each DATASETS.TEST set, of model_best.pth when `best_only` (else of `model` as trained)."""
+    if best_only:
+        path = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--evaluate_only_best_on_test: {path} does not exist; it is written by the "
+                                    "evaluations during training: set TEST.DURING_TRAINING True.")
+        load_state_dict(model, read_checkpoint(path)["model"], source=path)
+    return train_net.run_test(cfg, model, distributed)
+
+
+def untrained_model(cfg, device: torch.device) -> torch.nn.Module:
+    """The model with MODEL.WEIGHT loaded, for zero-shot evaluation; the weights are kept as model_best.pth."""
+    model = build_detection_model(cfg).to(device)
+    weight = train_net.find_weight(cfg.MODEL.WEIGHT) if cfg.MODEL.WEIGHT else ""
+    DetectronCheckpointer(cfg, model, save_dir="").load(weight, force=True)
+    if weight and is_main_process():
+        shutil.copyfile(weight, os.path.join(cfg.OUTPUT_DIR, "model_best.pth"))
+    return model
+
+
+def run_one(cfg, device: torch.device, distributed: bool, args: argparse.Namespace, zero_shot: bool) -> Dict:
+    """Train (or not, zero-shot) and evaluate one run; returns its row of the results table."""
+    mkdir(cfg.OUTPUT_DIR)
+    if is_main_process():
+        save_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yml"))
+    seed_all(cfg.SOLVER.SEED + get_rank())
+    if zero_shot:
+        model = untrained_model(cfg, device)
+    else:
+        model = train_net.train(cfg, device, distributed, skip_optimizer_resume=args.skip_optimizer_resume)
+    synchronize()
+    results = {} if args.skip_test else evaluate(cfg, model, distributed, args.evaluate_only_best_on_test and
+                                                 not zero_shot)
+    row: Dict[str, Any] = {"output_dir": cfg.OUTPUT_DIR, "shots": cfg.DATASETS.FEW_SHOT,
+                           "epochs": cfg.SOLVER.MAX_EPOCH, "seed": cfg.DATASETS.SHUFFLE_SEED}
+    if args.push_both_val_and_test:
+        row.update(best_validation(cfg.OUTPUT_DIR))
+    row.update({f"AP {name}": ap for name, ap in results.items()})
+    return row
+
+
+def best_validation(output_dir: str) -> Dict[str, Any]:
+    """The best validation AP and its iteration, from model_best.pth (empty cells when there is none)."""
+    path = os.path.join(output_dir, "model_best.pth")
+    best = read_checkpoint(path).get("best_eval", {}) if os.path.isfile(path) else {}
+    return {"val AP (best)": best.get("ap", ""), "best iteration": best.get("iteration", "")}
+
+
+def write_results(rows: List[Dict[str, Any]], output_dir: str) -> Tuple[str, str]:
+    """finetune_results.csv and finetune_results.md in `output_dir`: one row per run; returns their paths."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    csv_path = os.path.join(output_dir, "finetune_results.csv")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    cell = lambda value: f"{value:.4f}" if isinstance(value, float) else str(value)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(column, "")) for column in columns) + " |" for row in rows]
+    md_path = os.path.join(output_dir, "finetune_results.md")
+    with open(md_path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def main(argv: List[str] | None = None) -> List[Dict[str, Any]]:
+    """Parse the command line; train and evaluate every task x shot setting x seed; write the results table."""
+    args = parse_args(argv)
+    tasks = task_configs(args.ft_tasks, args.config_file)
+    settings, seeds = shot_settings(args.custom_shot_and_epoch_and_general_copy), seeds_of(args.shuffle_seeds)
+    local_rank = get_local_rank() if args.local_rank is None else args.local_rank
+    base = run_config(args, tasks[0], 1, settings[0], seeds[0], len(settings) > 1)
+    device = resolve_device(base.MODEL.DEVICE, local_rank)
+    set_current_device(device)
+    distributed = init_distributed(device, base.SOLVER.DDP_TIMEOUT_MINUTES)
+    output_dir = os.path.dirname(base.OUTPUT_DIR)
+    mkdir(output_dir)
+    setup_logger("maskrcnn_benchmark", output_dir, get_rank())
+    rows = []
+    for task_id, task_file in enumerate(tasks, 1):
+        for shots in settings:
+            for seed in seeds:
+                cfg = run_config(args, task_file, task_id, shots, seed, len(settings) > 1)
+                cfg.MODEL.DEVICE = str(device)
+                cfg.freeze()
+                logger.info("Fine-tuning task %d (%s) in %s", task_id, task_file, cfg.OUTPUT_DIR)
+                zero_shot = args.skip_train or (shots is not None and shots[0] == ZERO_SHOT)
+                rows.append({"task": os.path.splitext(os.path.basename(task_file))[0],
+                             **run_one(cfg, device, distributed, args, zero_shot)})
+    if is_main_process():
+        for path in write_results(rows, output_dir):
+            print(f"Results: {path}")
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return rows
+
+
+if __name__ == "__main__":
+    main()

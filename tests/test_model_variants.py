@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig
-
 from conftest import SMALL
 from helpers import head_cfg, small_cfg
+from transformers import BertConfig
+
 from maskrcnn_benchmark.config import check_supported, get_cfg_defaults, key_status, unsupported_settings
 from maskrcnn_benchmark.config.paths_catalog import DatasetCatalog
 from maskrcnn_benchmark.modeling.detector import build_detection_model
@@ -85,8 +85,8 @@ def test_glip_l_caption_keys_have_no_effect_and_what_could_change_a_run_is_refus
     for key in GLIP_L_CAPTION_KEYS:
         assert key_status(key).startswith("no effect: read only by the official caption datasets"), key
     # The weight-decay schedule would change a training run: the solver builder refuses it, the model builds.
-    assert unsupported_settings(cfg) == ["SOLVER.WEIGHT_DECAY_SCHEDULE = True selects the weight-decay schedule, "
-                                         "which this port does not build; supported: False"]
+    assert unsupported_settings(cfg) == [("SOLVER.WEIGHT_DECAY_SCHEDULE = True selects the weight-decay schedule, "
+                                          "which this port does not build; supported: False")]
     with pytest.raises(ValueError, match=r"SOLVER\.WEIGHT_DECAY_SCHEDULE = True"):
         make_optimizer(cfg, torch.nn.Linear(2, 2))
     # The chunk-by-node sampler replaces the sampler of every set, caption or not: refused.

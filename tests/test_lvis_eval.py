@@ -16,7 +16,7 @@ from helpers import load_tool
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.config.compat import check_supported
 from maskrcnn_benchmark.data.evaluation.lvis_eval import (check_lvis_annotations, evaluate_lvis,
-                                                         fixed_ap_detections)
+                                                         fixed_ap_detections, prepare_for_lvis_detection)
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.text import load_shipped_tokenizer
 
@@ -103,6 +103,33 @@ def test_fixed_ap_keeps_the_best_per_category_over_all_images():
                   _det(2, 2, [0, 0, 1, 1], 0.2)]
     kept = fixed_ap_detections(detections, per_category=2)
     assert sorted((d["category_id"], d["score"]) for d in kept) == [(1, 0.5), (1, 0.7), (2, 0.2)]
+
+
+class _TwoImages:
+    """The image sizes and id maps of a two-image LVIS set (contiguous labels 1, 2 are json ids 5, 9)."""
+
+    id_to_img_map = {0: 11, 1: 22}
+    contiguous_category_id_to_json_id = {1: 5, 2: 9}
+
+    def get_img_info(self, index):
+        return {"width": 100, "height": 50}
+
+
+def test_detections_are_selected_before_results_are_built():
+    """Boxes go back to the file's pixels with width x2 - x1; each category keeps its `limit` best over all images
+    (fixed AP), or each image its best (standard AP); labels without a json id are dropped."""
+    first = BoxList(torch.tensor([[0, 0, 20, 10], [2, 2, 4, 4], [0, 0, 2, 2]], dtype=torch.float32), (200, 100))
+    first.add_field("scores", torch.tensor([0.9, 0.3, 0.8]))
+    first.add_field("labels", torch.tensor([1, 1, 3]))
+    second = BoxList(torch.tensor([[10, 10, 30, 30], [0, 0, 8, 8]], dtype=torch.float32), (200, 100))
+    second.add_field("scores", torch.tensor([0.5, 0.4]))
+    second.add_field("labels", torch.tensor([1, 2]))
+    per_category = prepare_for_lvis_detection({0: first, 1: second}, _TwoImages(), "category_id", 2)
+    assert [(r["image_id"], r["category_id"], r["bbox"], r["score"]) for r in per_category] == [
+        (11, 5, [0.0, 0.0, 10.0, 5.0], pytest.approx(0.9)), (22, 5, [5.0, 5.0, 10.0, 10.0], 0.5),
+        (22, 9, [0.0, 0.0, 4.0, 4.0], pytest.approx(0.4))]
+    per_image = prepare_for_lvis_detection({0: first, 1: second}, _TwoImages(), "image_id", 1)
+    assert [(r["image_id"], r["score"]) for r in per_image] == [(11, pytest.approx(0.9)), (22, 0.5)]
 
 
 def test_lvis_annotations_are_checked():

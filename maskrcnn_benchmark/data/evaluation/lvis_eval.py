@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections import OrderedDict, defaultdict
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -55,55 +55,66 @@ def check_lvis_annotations(data: Mapping, ann_file: str) -> None:
                              f"{category.get('frequency')!r}; the LVIS protocol needs one of {list(FREQUENCIES)}.")
 
 
-def prepare_for_lvis_detection(predictions: Predictions, dataset) -> List[dict]:
-    """LVIS results entries (image id, category id, xywh box, score) in the annotation file's pixels.
-
-    As the official LVIS path, the width is x2 - x1 (no +1, unlike the COCO path's BoxList conversion).
-    """
-    results = []
-    for index, prediction in _indexed(predictions):
-        if len(prediction) == 0:
-            continue
-        info = dataset.get_img_info(index)
-        boxes = prediction.resize((info["width"], info["height"])).convert("xyxy").bbox
-        boxes = torch.cat((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), dim=1).tolist()
-        scores = prediction.get_field("scores").tolist()
-        labels = prediction.get_field("labels").tolist()
-        image_id = dataset.id_to_img_map[index]
-        for box, score, label in zip(boxes, scores, labels):
-            if label in dataset.contiguous_category_id_to_json_id:
-                results.append({"image_id": image_id, "category_id": dataset.contiguous_category_id_to_json_id[label],
-                                "bbox": box, "score": score})
-    return results
+def top_per_group(groups: np.ndarray, scores: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the `limit` highest scores of each group value (equal scores keep their order), by group."""
+    order = np.lexsort((-np.asarray(scores, dtype=float), groups))
+    sorted_groups = np.asarray(groups)[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return order[rank < limit]
 
 
-def _top_by_score(entries: Iterable[dict], key: str, limit: int) -> List[dict]:
-    """At most `limit` entries per value of `key`, the highest scores first (stable for equal scores)."""
-    groups: Dict[object, List[dict]] = defaultdict(list)
-    for entry in entries:
-        groups[entry[key]].append(entry)
-    kept = []
-    for group in groups.values():
-        kept.extend(sorted(group, key=lambda entry: entry["score"], reverse=True)[:limit])
-    return kept
+def _select(entries: Sequence[dict], key: str, limit: int) -> List[dict]:
+    """The `limit` best-scoring entries of each value of `key`."""
+    if not entries:
+        return []
+    keys = np.array([entry[key] for entry in entries])
+    return [entries[i] for i in top_per_group(keys, np.array([entry["score"] for entry in entries]), limit)]
 
 
 def fixed_ap_detections(results: Sequence[dict], per_category: int = FIXED_AP_DETECTIONS_PER_CATEGORY) -> List[dict]:
     """The `per_category` best detections of each category over the whole set (no cap per image)."""
-    kept = _top_by_score(results, "category_id", per_category)
-    short = {entry["category_id"] for entry in results} - {
-        cat for cat, n in _count(kept, "category_id").items() if n >= per_category}
+    kept = _select(results, "category_id", per_category)
+    counts = np.unique([entry["category_id"] for entry in kept], return_counts=True)[1] if kept else np.zeros(0)
+    short = int(np.count_nonzero(counts < per_category))
     if short:
         logger.info("%d categories had fewer than %d detections; more detections per category can raise the fixed "
-                    "AP (raise MODEL.ATSS.DETECTIONS_PER_IMG).", len(short), per_category)
+                    "AP (raise MODEL.ATSS.DETECTIONS_PER_IMG).", short, per_category)
     return kept
 
 
-def _count(entries: Iterable[dict], key: str) -> Dict[object, int]:
-    counts: Dict[object, int] = defaultdict(int)
-    for entry in entries:
-        counts[entry[key]] += 1
-    return counts
+def _image_detections(prediction, info: dict, image_id: Any, to_json: np.ndarray) -> Dict[str, np.ndarray]:
+    """One image's detections as arrays in the annotation file's pixels, xywh with width x2 - x1 (no +1, as the
+    official LVIS path), json category ids from the `to_json` lookup (labels without one, -1, are dropped)."""
+    boxes = prediction.resize((info["width"], info["height"])).convert("xyxy").bbox
+    boxes = torch.cat((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), dim=1).numpy()
+    labels = prediction.get_field("labels").numpy()
+    in_range = (labels >= 0) & (labels < len(to_json))
+    category_ids = np.where(in_range, to_json[np.clip(labels, 0, len(to_json) - 1)], -1)
+    known = category_ids >= 0
+    return {"image_id": np.full(int(known.sum()), image_id, dtype=object), "bbox": boxes[known],
+            "category_id": category_ids[known], "score": prediction.get_field("scores").numpy()[known]}
+
+
+def prepare_for_lvis_detection(predictions: Predictions, dataset, group: str = "category_id",
+                               limit: int = FIXED_AP_DETECTIONS_PER_CATEGORY) -> List[dict]:
+    """LVIS results entries (image id, category id, xywh box, score): the `limit` best of each `group` value.
+
+    The selection runs on arrays before any entry is built: LVIS minival gives tens of millions of detections
+    (300 per image and prompt chunk), of which fixed AP keeps 10,000 per category.
+    """
+    label_to_json = dataset.contiguous_category_id_to_json_id
+    to_json = np.full(max(label_to_json, default=0) + 1, -1, dtype=np.int64)
+    to_json[list(label_to_json)] = list(label_to_json.values())
+    parts = [_image_detections(prediction, dataset.get_img_info(index), dataset.id_to_img_map[index], to_json)
+             for index, prediction in _indexed(predictions) if len(prediction)]
+    if not parts:
+        return []
+    columns = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    groups = columns[group] if group == "category_id" else np.unique(columns[group], return_inverse=True)[1]
+    kept = np.sort(top_per_group(groups, columns["score"], limit))
+    return [{"image_id": columns["image_id"][i], "category_id": int(columns["category_id"][i]),
+             "bbox": columns["bbox"][i].tolist(), "score": float(columns["score"][i])} for i in kept]
 
 
 class LvisEvaluation:
@@ -233,7 +244,7 @@ def evaluate_lvis(gt: Mapping, results: Sequence[dict], fixed_ap: bool = True) -
     if fixed_ap:
         detections = fixed_ap_detections(results)
     else:
-        detections = _top_by_score(results, "image_id", STANDARD_DETECTIONS_PER_IMAGE)
+        detections = _select(results, "image_id", STANDARD_DETECTIONS_PER_IMAGE)
     return LvisEvaluation(gt, detections).summarize()
 
 
@@ -248,7 +259,10 @@ def do_lvis_evaluation(dataset, predictions: Predictions, output_folder: str | N
                        expected_results: Sequence = (), expected_results_sigma_tol: float = 4
                        ) -> Tuple[LvisResults, Dict[str, List[dict]]]:
     """Evaluate detections of an LVIS dataset; writes `bbox.json`, `bbox.csv` and `lvis_results.pth`."""
-    results = prepare_for_lvis_detection(predictions, dataset)
+    if fixed_ap:
+        results = prepare_for_lvis_detection(predictions, dataset, "category_id", FIXED_AP_DETECTIONS_PER_CATEGORY)
+    else:
+        results = prepare_for_lvis_detection(predictions, dataset, "image_id", STANDARD_DETECTIONS_PER_IMAGE)
     logger.info("Evaluating %d detections with the LVIS %s protocol", len(results),
                 "fixed AP" if fixed_ap else "standard AP")
     summary = evaluate_lvis(dataset.coco.dataset, results, fixed_ap)

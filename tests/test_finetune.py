@@ -126,3 +126,57 @@ def test_finetune_refuses_bad_settings_naming_the_flag(capsys):
         tool.parse_args(["--config-file", "base.yaml", "--keep_testing"])
     assert "--keep_testing opened the official interactive debugger" in capsys.readouterr().err
     assert tool.shot_settings("1_200_8,10000_1_1") == [(1, 200, 8), (10000, 1, 1)] and tool.seeds_of(None) == [None]
+
+
+# The official ODinW fine-tuning command's overrides (GLIP README), with a preset as finetune.py applies it.
+ODINW_RECIPE = ["SOLVER.USE_AMP", "True", "TEST.DURING_TRAINING", "True", "TEST.IMS_PER_BATCH", "4",
+                "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WEIGHT_DECAY", "0.05", "TEST.EVAL_TASK", "detection",
+                "DATASETS.TRAIN_DATASETNAME_SUFFIX", "_grounding", "MODEL.BACKBONE.FREEZE_CONV_BODY_AT", "2",
+                "MODEL.DYHEAD.USE_CHECKPOINT", "True", "SOLVER.FIND_UNUSED_PARAMETERS", "False",
+                "SOLVER.TEST_WITH_INFERENCE", "True", "SOLVER.USE_AUTOSTEP", "True", "DATASETS.USE_OVERRIDE_CATEGORY",
+                "True", "SOLVER.SEED", "10", "DATASETS.SHUFFLE_SEED", "3", "DATASETS.USE_CAPTION_PROMPT", "True",
+                "DATASETS.DISABLE_SHUFFLE", "True", "SOLVER.STEP_PATIENCE", "3", "SOLVER.CHECKPOINT_PER_EPOCH", "1.0",
+                "SOLVER.AUTO_TERMINATE_PATIENCE", "8", "SOLVER.MODEL_EMA", "0.0",
+                "SOLVER.TUNING_HIGHLEVEL_OVERRIDE", "language_prompt_v2"]
+
+
+# The official configs/odinw_35 holds 36 task files (ODinW-35 counts some datasets' variants as one).
+@pytest.mark.parametrize("suite, count", [("odinw_13", 13), ("odinw_35", 36)])
+def test_every_odinw_task_config_takes_the_official_recipe(suite, count):
+    from maskrcnn_benchmark.config.compat import check_supported
+
+    tasks = sorted((ROOT / "configs" / suite).glob("*.yaml"))
+    assert len(tasks) == count
+    for task in tasks:
+        cfg = get_cfg_defaults()
+        cfg.merge_from_file(str(ROOT / "configs" / "pretrain" / "glip_Swin_T_O365_GoldG.yaml"))
+        cfg.merge_from_file(str(task))
+        cfg.merge_from_list(ODINW_RECIPE)
+        apply_tuning_preset(cfg)
+        check_supported(cfg)
+        assert cfg.DATASETS.TRAIN and cfg.DATASETS.TEST and cfg.DATASETS.REGISTER, task.name
+
+
+def test_the_readme_finetune_command_gives_valid_run_configs(tmp_path, monkeypatch):
+    import re
+    import shlex
+
+    from maskrcnn_benchmark.config.compat import check_supported
+
+    section = (ROOT / "README.md").read_text().split("\n## Fine-tune on your own data\n")[1].split("\n## ")[0]
+    (tmp_path / "my_task.yaml").write_text(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    command = shlex.split(re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " "))
+    assert command[:2] == ["python", "tools/finetune.py"]
+    argv = [str(ROOT / arg) if arg.startswith("configs/") else arg for arg in command[2:]]
+    monkeypatch.chdir(tmp_path)
+    tool = load_tool("tools/finetune.py")
+    args = tool.parse_args(argv)
+    runs = [tool.run_config(args, task, 1, shots, seed, True)
+            for task in tool.task_configs(args.ft_tasks, args.config_file)
+            for shots in tool.shot_settings(args.custom_shot_and_epoch_and_general_copy)
+            for seed in tool.seeds_of(args.shuffle_seeds)]
+    for cfg in runs:
+        check_supported(cfg)
+    assert [(os.path.basename(c.OUTPUT_DIR), c.DATASETS.FEW_SHOT, c.SOLVER.MAX_EPOCH) for c in runs] == [
+        ("ft_task_1_1shot_seed_3", 1, 200), ("ft_task_1_1shot_seed_30", 1, 200),
+        ("ft_task_1_5shot_seed_3", 5, 200), ("ft_task_1_5shot_seed_30", 5, 200)]

@@ -12,8 +12,10 @@ from conftest import SMALL
 from helpers import load_tool
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.config.compat import check_supported
+from maskrcnn_benchmark.data.build import make_data_loader
 from maskrcnn_benchmark.data.evaluation.flickr_eval import (FlickrGroundTruth, evaluate_flickr_recall,
                                                            parse_sentences)
+from maskrcnn_benchmark.engine.trainer import evaluate_model
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.text import load_shipped_tokenizer
 
@@ -105,8 +107,9 @@ def _predictions() -> list:
 def test_sentence_file_phrases_and_types(tmp_path):
     path = tmp_path / "sentences.txt"
     path.write_text("[/EN#3/animals/other two dogs] and [/EN#7/people a boy] play .\n")
-    assert parse_sentences(str(path)) == [[{"phrase": "two dogs", "phrase_id": "3", "phrase_type": ["animals", "other"]},
-                                           {"phrase": "a boy", "phrase_id": "7", "phrase_type": ["people"]}]]
+    assert parse_sentences(str(path)) == [[
+        {"phrase": "two dogs", "phrase_id": "3", "phrase_type": ["animals", "other"]},
+        {"phrase": "a boy", "phrase_id": "7", "phrase_type": ["people"]}]]
 
 
 @pytest.mark.parametrize("merge,expected", [(False, SEPARATE), (True, MERGED)], ids=["separate", "merged"])
@@ -203,3 +206,16 @@ def test_flickr_ground_truth_type_is_checked():
     with pytest.raises(ValueError, match=r"DATASETS\.FLICKR_GT_TYPE = 'merge' selects another Flickr30k ground-truth "
                                          r"box type, which this port does not build; supported: 'separate', 'merged'"):
         check_supported(cfg, ("DATASETS",))
+
+
+def test_evaluation_during_training_monitors_recall_at_1(tmp_path):
+    """The training loop's evaluation (TEST.DURING_TRAINING, model_best, the auto-step schedule) reads one number."""
+    cfg = get_cfg_defaults()
+    cfg.merge_from_file(str(SMALL / "config.yaml"))
+    cfg.merge_from_file(str(_flickr_task(tmp_path, "separate")))
+    cfg.merge_from_list(["MODEL.LANGUAGE_BACKBONE.MODEL_PATH", str(SMALL / "bert"), "MODEL.DEVICE", "cpu",
+                         "INPUT.MIN_SIZE_TEST", "160", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_TASK", "grounding",
+                         "TEST.IMS_PER_BATCH", "3"])
+    loader, = make_data_loader(cfg, is_train=False)
+    recall_at_1 = evaluate_model(cfg, PhraseFakeDetector(), loader, torch.device("cpu"))
+    assert recall_at_1 == pytest.approx(SEPARATE["Recall@1_all"])

@@ -201,15 +201,21 @@ def log_training_summary(total_time: float, iterations: int, iteration_seconds: 
 
 def evaluate_model(cfg, model: nn.Module, data_loader: Iterable, device: torch.device,
                    dataset_name: str = "val", output_folder: Optional[str] = None) -> float:
-    """COCO box AP of `model` on `data_loader` via engine.inference (on every process; the AP is shared)."""
+    """Box AP (COCO, LVIS) of `model` on `data_loader` via engine.inference, or Recall@1 over all phrases for
+    TEST.EVAL_TASK grounding (Flickr30k); computed on rank 0 and shared with every process."""
     from .inference import inference
 
     result = inference(unwrap_model(model), data_loader, dataset_name=dataset_name, iou_types=("bbox",),
                        device=device, expected_results=cfg.TEST.EXPECTED_RESULTS,
                        expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL,
                        output_folder=output_folder, cfg=cfg, verbose=False)
-    average_precision = result[0].results["bbox"]["AP"] if result is not None else 0.0
-    return broadcast_object(average_precision)
+    if result is None:
+        metric = 0.0
+    elif isinstance(result, dict):  # the grounding recall scores
+        metric = result["Recall@1_all"]
+    else:
+        metric = result[0].results["bbox"]["AP"]
+    return broadcast_object(metric)
 
 
 def save_checkpoint(checkpointer, name: str, arguments: Dict[str, Any], tag_last: bool = True) -> None:

@@ -125,6 +125,8 @@ setup(
     python_requires=">=3.10",
     install_requires=read_requirements(),
     # --use-tensorboard only: pip install -e ".[tensorboard]"
-    extras_require={"tensorboard": ["tensorboard>=2.10"]},
+    extras_require={"tensorboard": ["tensorboard>=2.10"],
+                    # tools/export_onnx.py and ONNXRunner (the dynamo exporter needs onnxscript).
+                    "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"]},
     **extension_setup(),
 )

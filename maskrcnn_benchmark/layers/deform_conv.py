@@ -222,6 +222,10 @@ def check_finite_offsets(offset: Tensor, layer: nn.Module | None = None) -> None
     torchvision's kernel crashes the whole process (segmentation fault) on NaN offsets.
     """
     global _last_finite_offsets
+    if torch.compiler.is_exporting():
+        # A graph being exported (tools/export_onnx.py) cannot branch on values; its runtime's DCN (ONNX
+        # DeformConv) reads NaN offsets as values, without torchvision's crash to prevent.
+        return
     if _last_finite_offsets is not None:
         checked, version = _last_finite_offsets
         if checked() is offset and version == _version_of(offset):

@@ -55,13 +55,14 @@ def relative_position_index(window_size: int) -> torch.Tensor:
 def shifted_window_mask(height: int, width: int, window_size: int, shift_size: int,
                         device: torch.device) -> torch.Tensor:
     """(num_windows, N, N) additive mask: -100 between tokens that the cyclic shift brought from different regions."""
-    region = torch.zeros(height, width, device=device)
-    bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
-    label = 0
-    for rows in bounds:
-        for cols in bounds:
-            region[rows, cols] = label
-            label += 1
+    # Each row (column) lies in one of three bands: [0, -window_size), [-window_size, -shift_size),
+    # [-shift_size, end); a region is a (row band, column band) pair. Comparisons, not slice assignments: a band
+    # is empty when the map is one window high, and an empty assignment breaks the ONNX exporter's shape inference.
+    def bands(length: int) -> torch.Tensor:
+        position = torch.arange(length, device=device)
+        return (position >= length - window_size).long() + (position >= length - shift_size).long()
+
+    region = (bands(height)[:, None] * 3 + bands(width)[None, :]).float()
     region = window_partition(region[None, :, :, None], window_size).squeeze(-1)
     different = region[:, None, :] != region[:, :, None]
     # The official mask is -100 (not -inf): masked pairs keep a tiny, non-zero softmax weight.
@@ -126,8 +127,12 @@ class WindowAttention(UsesExecutionPlan, nn.Module):
             # operands, so the per-window bias is tiled over the windows.
             index = torch.arange(first_window, first_window + batch_windows, device=mask.device) % mask.shape[0]
             bias = bias + mask[index][:, None]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(batch_windows, n, c))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale).transpose(1, 2)
+        if torch.compiler.is_exporting():
+            # The CPU kernel's output is laid out so that this reshape traces as a view, which the ONNX exporter's
+            # re-run with SDPA's generic layout cannot replay; an explicit copy traces on any layout.
+            out = out.clone(memory_format=torch.contiguous_format)
+        return self.proj(out.reshape(batch_windows, n, c))
 
 
 class SwinTransformerBlock(nn.Module):

@@ -68,13 +68,19 @@ class VLDyHeadModule(UsesExecutionPlan, nn.Module):
                 "hidden": language_dict_features["hidden"] + offsets}
 
 
+def make_box_coder() -> BoxCoder:
+    """The ATSS head's box coder (the official weights and clip), shared by the loss, the post-processor and the
+    ONNX runner."""
+    return BoxCoder(weights=(10.0, 10.0, 5.0, 5.0), bbox_xform_clip=math.log(1000.0 / 16))
+
+
 def build_rpn(cfg, language_config) -> VLDyHeadModule:
     """The VLDYHEAD module of MODEL.RPN_ARCHITECTURE (the only architecture this project builds)."""
     if cfg.MODEL.RPN_ARCHITECTURE != "VLDYHEAD":
         raise ValueError(
             f"MODEL.RPN_ARCHITECTURE={cfg.MODEL.RPN_ARCHITECTURE!r} is not built by this project; use 'VLDYHEAD'."
         )
-    box_coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0), bbox_xform_clip=math.log(1000.0 / 16))
+    box_coder = make_box_coder()
     return VLDyHeadModule(
         head=build_vldyhead(cfg, language_config),
         anchor_generator=make_anchor_generator_complex(cfg),

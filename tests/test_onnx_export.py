@@ -109,3 +109,17 @@ def test_torch_export_program_gives_the_head_outputs(exported):
         expected = model.rpn.head(model.backbone(image), language)
     for value, reference in zip(got, (*expected.box_regression, *expected.centerness, *expected.dot_product_logits)):
         torch.testing.assert_close(value, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_export_refuses_a_size_off_the_divisibility_and_a_special_tokens_mask():
+    from maskrcnn_benchmark.engine.onnx_export import GLIPInferenceGraph, trace_inference_graph
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+
+    cfg = _cfg().clone()
+    cfg.defrost()
+    cfg.MODEL.LANGUAGE_BACKBONE.MASK_SPECIAL = True
+    model = build_detection_model(cfg)
+    with pytest.raises(ValueError, match="Export size 190x160 is not a multiple of DATALOADER.SIZE_DIVISIBILITY"):
+        trace_inference_graph(model, (190, 160))
+    with pytest.raises(ValueError, match="MASK_SPECIAL is True: the exported graph takes no special_tokens_mask"):
+        GLIPInferenceGraph(model)

@@ -73,7 +73,7 @@ def test_lvis_summary_matches_hand_computed_values():
     assert summary["APs"] == pytest.approx(summary["AP"])  # every box is small (area < 32 ** 2)
     assert summary["APm"] == -1 and summary["APl"] == -1
     # Recall at the end of the list: cat 1, dog 1, car 1 (7 thresholds) or 0.5 (3 thresholds).
-    assert summary["AR@300"] == pytest.approx((1 + 1 + (7 * 1 + 3 * 0.5) / 10) / 3)
+    assert summary["AR@-1"] == pytest.approx((1 + 1 + (7 * 1 + 3 * 0.5) / 10) / 3)
 
 
 def test_federated_rules_change_the_result():
@@ -206,7 +206,11 @@ def test_official_lvis_minival_config_evaluates_with_the_lvis_protocol(tmp_path)
     assert sorted(set(model.prompts)) == ["car. bus", "cat. dog"]  # two chunks of 2 categories, label order
     assert len(entries["bbox"]) == len(DETECTIONS)
     csv = (tmp_path / "out" / "inference" / "lvis_evaluation_mini_val" / "bbox.csv").read_text().splitlines()
-    assert csv[0] == "metric, avg " and csv[7].startswith("APr, 0.5")
+    assert csv[0] == "metric, avg "  # then the official summary lines, rounded to 3 decimals as officially
+    assert csv[7] == " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets= -1 catIds=  r], 0.500 "
+    assert csv[2] == " Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets= -1 catIds=all], " \
+        f"{(0.5 + 1.0 + 2 / 3) / 3:0.3f} "
+    assert csv[10].startswith(" Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= -1 catIds=all], ")
 
 
 @pytest.mark.parametrize("task", ["lvis", "flickr"])

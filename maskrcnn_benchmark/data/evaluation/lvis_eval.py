@@ -190,8 +190,11 @@ class LvisEvaluation:
                     precision[:, :, k, a], recall[:, k, a] = curve
         return precision, recall
 
-    def summarize(self) -> "OrderedDict[str, float]":
-        """AP, AP50, AP75, APs, APm, APl, APr, APc, APf and AR@300 (means over the entries that are not -1)."""
+    def summarize(self, max_dets: int = STANDARD_DETECTIONS_PER_IMAGE) -> "OrderedDict[str, float]":
+        """AP, AP50, AP75, APs, APm, APl, APr, APc, APf and AR@<max_dets>, ARs/m/l (means over entries not -1).
+
+        `max_dets` only names the recall (the official names: AR@300, or AR@-1 for fixed AP).
+        """
         precision, recall = self.accumulate()
         areas = list(AREA_RANGES)
         iou_50, iou_75 = (int(np.argmin(np.abs(IOU_THRESHOLDS - v))) for v in (0.5, 0.75))
@@ -203,9 +206,9 @@ class LvisEvaluation:
             summary[name] = _mean_valid(precision[..., areas.index(area)])
         for freq in FREQUENCIES:
             summary["AP" + freq] = _mean_valid(precision[:, :, self.frequency_groups[freq], 0])
-        summary["AR@300"] = _mean_valid(recall[..., 0])
-        for name, area in (("ARs@300", "small"), ("ARm@300", "medium"), ("ARl@300", "large")):
-            summary[name] = _mean_valid(recall[..., areas.index(area)])
+        summary[f"AR@{max_dets}"] = _mean_valid(recall[..., 0])
+        for area in ("small", "medium", "large"):
+            summary[f"AR{area[0]}@{max_dets}"] = _mean_valid(recall[..., areas.index(area)])
         return summary
 
 
@@ -242,15 +245,33 @@ def _mean_valid(values: np.ndarray) -> float:
 def evaluate_lvis(gt: Mapping, results: Sequence[dict], fixed_ap: bool = True) -> "OrderedDict[str, float]":
     """The LVIS summary of detection results: fixed AP (10,000 per category) or standard AP (300 per image)."""
     if fixed_ap:
-        detections = fixed_ap_detections(results)
-    else:
-        detections = _select(results, "image_id", STANDARD_DETECTIONS_PER_IMAGE)
-    return LvisEvaluation(gt, detections).summarize()
+        return LvisEvaluation(gt, fixed_ap_detections(results)).summarize(max_dets=-1)
+    detections = _select(results, "image_id", STANDARD_DETECTIONS_PER_IMAGE)
+    return LvisEvaluation(gt, detections).summarize(max_dets=STANDARD_DETECTIONS_PER_IMAGE)
 
 
-def write_lvis_csv(summary: Mapping[str, float], csv_file: str) -> None:
-    """The official LVIS `bbox.csv`: a `metric, avg` header and one `name, value` line per metric."""
-    lines = ["metric, avg "] + [f"{name}, {value} " for name, value in summary.items()]
+def summary_lines(summary: Mapping[str, float], max_dets: int) -> List[str]:
+    """The official LVIS summary lines, e.g. ` Average Precision  (AP) @[ IoU=0.50      | area=   all |
+    maxDets= -1 catIds=  r] = 0.123`: the metric's name says its IoU, area or frequency group."""
+    lines = []
+    for name, value in summary.items():
+        title, kind = ("Average Precision", "(AP)") if name.startswith("AP") else ("Average Recall", "(AR)")
+        third = name[2] if len(name) > 2 else ""
+        all_ious = f"{IOU_THRESHOLDS[0]:0.2f}:{IOU_THRESHOLDS[-1]:0.2f}"
+        iou = f"{float(name[2:]) / 100:0.2f}" if third.isdigit() else all_ious
+        area = third if third in ("s", "m", "l") else "all"
+        group = third if third in FREQUENCIES else "all"
+        lines.append(f" {title:<18} {kind} @[ IoU={iou:<9} | area={area:>6s} | maxDets={max_dets:>3d} "
+                     f"catIds={group:>3s}] = {value:0.3f}")
+    return lines
+
+
+def write_lvis_csv(summary: Mapping[str, float], csv_file: str, max_dets: int) -> None:
+    """The official LVIS `bbox.csv`: a `metric, avg` header, then each summary line as `<description>, <value> `."""
+    lines = ["metric, avg "]
+    for line in summary_lines(summary, max_dets):
+        description, value = line.rsplit(" = ", 1)
+        lines.append(f"{description}, {value} ")
     with open(csv_file, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -266,8 +287,9 @@ def do_lvis_evaluation(dataset, predictions: Predictions, output_folder: str | N
     logger.info("Evaluating %d detections with the LVIS %s protocol", len(results),
                 "fixed AP" if fixed_ap else "standard AP")
     summary = evaluate_lvis(dataset.coco.dataset, results, fixed_ap)
-    for name, value in summary.items():
-        logger.info("%s = %.4f", name, value)
+    max_dets = -1 if fixed_ap else STANDARD_DETECTIONS_PER_IMAGE
+    for line in summary_lines(summary, max_dets):
+        logger.info(line)
     lvis_results = LvisResults("bbox")
     lvis_results.results["bbox"].update((k, summary[k]) for k in LvisResults.METRICS["bbox"])
     logger.info(lvis_results)
@@ -275,6 +297,6 @@ def do_lvis_evaluation(dataset, predictions: Predictions, output_folder: str | N
     if output_folder:
         with open(os.path.join(output_folder, "bbox.json"), "w") as f:
             json.dump(results, f)
-        write_lvis_csv(summary, os.path.join(output_folder, "bbox.csv"))
+        write_lvis_csv(summary, os.path.join(output_folder, "bbox.csv"), max_dets)
         torch.save(lvis_results.results, os.path.join(output_folder, "lvis_results.pth"))
     return lvis_results, {"bbox": results}

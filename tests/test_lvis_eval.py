@@ -15,6 +15,7 @@ from conftest import SMALL
 from helpers import load_tool
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.config.compat import check_supported
+from maskrcnn_benchmark.data.datasets.lvis import LvisDetection
 from maskrcnn_benchmark.data.evaluation.lvis_eval import (check_lvis_annotations, evaluate_lvis,
                                                          fixed_ap_detections, prepare_for_lvis_detection)
 from maskrcnn_benchmark.structures.bounding_box import BoxList
@@ -226,3 +227,12 @@ def test_readme_evaluation_commands_merge_and_are_supported(task):
     cfg.merge_from_list(args.opts)
     check_supported(cfg)
     assert cfg.TEST.EVAL_TASK == {"lvis": "detection", "flickr": "grounding"}[task]
+
+
+def test_override_category_renames_the_prompt_but_keeps_the_frequency_groups(tmp_path):
+    ann_file = _write_lvis_set(tmp_path)
+    renamed = [{"id": cat["id"], "name": cat["name"] + " photo"} for cat in CATEGORIES]  # no frequency
+    dataset = LvisDetection(str(ann_file), str(tmp_path / "coco"), override_category=renamed)
+    assert dataset.categories() == {1: "cat photo", 2: "dog photo", 3: "car photo", 4: "bus photo"}
+    assert evaluate_lvis(dataset.lvis_ground_truth(), copy.deepcopy(DETECTIONS))["APc"] == pytest.approx(1.0)
+    assert dataset.image_path(1).endswith("val2017/000000000002.jpg")

@@ -20,9 +20,16 @@ class LvisDetection(COCODataset):
                  caption_prompt: Optional[List[dict]] = None) -> None:
         # tokenizer, max_query_len and caption_prompt are the options the data builder gives every prompted
         # dataset; the evaluation builds the detection prompts itself, from the config, as for COCO.
-        super().__init__(ann_file, root, remove_images_without_annotations=False, transforms=transforms,
-                         override_category=override_category)
+        super().__init__(ann_file, root, remove_images_without_annotations=False, transforms=transforms)
         check_lvis_annotations(self.coco.dataset, ann_file)
+        # The evaluation reads the file's categories (their frequency groups) even when the prompt's names change.
+        self.lvis_categories = self.coco.dataset["categories"]
+        if override_category is not None:
+            self.coco.dataset["categories"] = override_category
+
+    def lvis_ground_truth(self) -> dict:
+        """The LVIS json the protocol rates against (images, annotations and the file's own categories)."""
+        return dict(self.coco.dataset, categories=self.lvis_categories)
 
     def image_path(self, index: int) -> str:
         """The image file of a dataset index (from `coco_url`, else `file_name`)."""

@@ -286,7 +286,7 @@ def do_lvis_evaluation(dataset, predictions: Predictions, output_folder: str | N
         results = prepare_for_lvis_detection(predictions, dataset, "image_id", STANDARD_DETECTIONS_PER_IMAGE)
     logger.info("Evaluating %d detections with the LVIS %s protocol", len(results),
                 "fixed AP" if fixed_ap else "standard AP")
-    summary = evaluate_lvis(dataset.coco.dataset, results, fixed_ap)
+    summary = evaluate_lvis(dataset.lvis_ground_truth(), results, fixed_ap)
     max_dets = -1 if fixed_ap else STANDARD_DETECTIONS_PER_IMAGE
     for line in summary_lines(summary, max_dets):
         logger.info(line)

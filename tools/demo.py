@@ -17,7 +17,7 @@ import argparse
 import json
 import logging
 import os
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from tqdm import tqdm
 
@@ -32,13 +32,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 PICTURE_SUFFIX = "_glip.png"
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Image(s), prompt, model and output flags; trailing KEY VALUE pairs override the config."""
     parser = argparse.ArgumentParser(description="GLIP demo: grounded detection on images")
     parser.add_argument("image", help="input image file, or a folder of images")
     parser.add_argument("prompt", help='caption; its "."-separated parts are the phrases to detect')
-    parser.add_argument("--add-image", action="extend", nargs="+", default=[], metavar="FILE",
-                        help="more image files to run on (with the first input)")
+    # One file per flag (repeat it): a list flag would also take the trailing KEY VALUE pairs.
+    parser.add_argument("--add-image", action="append", default=[], metavar="FILE",
+                        help="one more image file to run on (repeat the flag for more)")
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
     parser.add_argument("--weight", default=None, metavar="FILE", help="checkpoint (else MODEL.WEIGHT)")
     parser.add_argument("--out", default="demo.png", help="output PNG file of a single input image")
@@ -126,7 +127,7 @@ def run(predictor: GLIPPredictor, args: argparse.Namespace, images: Sequence[str
     return document
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the predictor on the images and write the drawn pictures and the detections JSON."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")

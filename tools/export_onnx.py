@@ -9,7 +9,6 @@ run by onnxruntime on the image and its detections are compared with the PyTorch
 """
 import argparse
 import logging
-from typing import List, Optional
 
 from maskrcnn_benchmark.config import cfg as default_cfg
 from maskrcnn_benchmark.data.datasets.coco import read_rgb_image
@@ -17,7 +16,7 @@ from maskrcnn_benchmark.engine.onnx_export import DEFAULT_OPSET, ONNXRunner, exp
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Model, size, output and check flags; trailing KEY VALUE pairs override the config."""
     parser = argparse.ArgumentParser(description="Export GLIP's inference graph to ONNX")
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
@@ -52,7 +51,7 @@ def check(predictor: GLIPPredictor, runner: ONNXRunner, image_file: str, prompt:
                float((got.bbox - expected.bbox).abs().max()))
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Export, then optionally check against PyTorch."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")

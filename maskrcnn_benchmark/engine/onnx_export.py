@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from maskrcnn_benchmark.data.transforms import build_transforms
-from maskrcnn_benchmark.layers.execution_plan import REFERENCE_PLAN, apply_execution_plan
+from maskrcnn_benchmark.layers.execution_plan import REFERENCE_PLAN, ExecutionPlan, apply_execution_plan
 from maskrcnn_benchmark.modeling.rpn.anchor_generator import make_anchor_generator_complex
 from maskrcnn_benchmark.modeling.rpn.inference import make_atss_postprocessor
 from maskrcnn_benchmark.modeling.rpn.rpn import make_box_coder
@@ -60,7 +60,7 @@ class GLIPInferenceGraph(nn.Module):
         return (*outputs.box_regression, *outputs.centerness, *outputs.dot_product_logits)
 
 
-def export_plan():
+def export_plan() -> ExecutionPlan:
     """The plan traced for export: the reference computation (text kept at MAX_QUERY_LEN, torchvision's
     deformable conv, which exports as ONNX DeformConv, no compiled kernel)."""
     return dataclasses.replace(REFERENCE_PLAN, name="export")

@@ -134,7 +134,7 @@ class GLIPPredictor:
         groups: dict = {}
         for index, item in enumerate(inputs):
             groups.setdefault(self._padded_size(item.tensor), []).append(index)
-        results: List[Optional[BoxList]] = [None] * len(inputs)
+        results: List[BoxList | None] = [None] * len(inputs)
         for indices in groups.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start:start + batch_size]

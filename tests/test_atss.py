@@ -370,3 +370,29 @@ def test_config_check_rejects_unsupported_losses(cfg):
         other.MODEL.DYHEAD.FUSE_CONFIG[key] = True
         with pytest.raises(ValueError, match=rf"MODEL\.DYHEAD\.FUSE_CONFIG\.{key} = True"):
             check_supported(other)
+
+
+def test_postprocessor_with_a_map_per_image_equals_each_image_alone(cfg, small_case, box_coder):
+    postprocessor = make_atss_postprocessor(cfg, box_coder, is_train=False)
+    outputs = small_case["eval"]["head_outputs"]
+    anchors = _golden_anchors(cfg, small_case)
+    golden_map = small_case["inputs"]["eval"]["positive_map_label_to_token"]
+    # The second image's prompt: the golden labels in reverse order (label k reads the tokens of label n+1-k).
+    labels = sorted(golden_map)
+    other_map = {label: golden_map[labels[-index - 1]] for index, label in enumerate(labels)}
+    batched = postprocessor(outputs["box_regression"], outputs["centerness"], anchors,
+                            outputs["dot_product_logits"], [golden_map, other_map])
+    for index, image_map in enumerate([golden_map, other_map]):
+        one = slice(index, index + 1)
+        alone, = postprocessor([level[one] for level in outputs["box_regression"]],
+                               [level[one] for level in outputs["centerness"]], anchors[one],
+                               [level[one] for level in outputs["dot_product_logits"]], image_map)
+        assert len(batched[index]) == len(alone) > 0
+        torch.testing.assert_close(batched[index].bbox, alone.bbox)
+        assert torch.equal(batched[index].get_field("labels"), alone.get_field("labels"))
+    assert not torch.equal(batched[1].get_field("labels"), postprocessor(
+        outputs["box_regression"], outputs["centerness"], anchors, outputs["dot_product_logits"],
+        golden_map)[1].get_field("labels"))
+    with pytest.raises(ValueError, match="1 positive maps for a batch of 2 images: pass one label -> tokens dict"):
+        postprocessor(outputs["box_regression"], outputs["centerness"], anchors, outputs["dot_product_logits"],
+                      [golden_map])

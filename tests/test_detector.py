@@ -76,3 +76,10 @@ def test_lang_dim_must_match_language_model():
     cfg.MODEL.LANGUAGE_BACKBONE.LANG_DIM = 512
     with pytest.raises(ValueError, match="LANG_DIM=512"):
         build_detection_model(cfg)
+
+
+def test_a_list_of_positive_maps_is_refused_in_training():
+    model = build_detection_model(small_cfg()).train()
+    image = torch.zeros(3, 64, 64)
+    with pytest.raises(ValueError, match="A list of positive maps .* is for eval only"):
+        model([image], targets=[], captions=["person . "], positive_map=[{1: [1]}])

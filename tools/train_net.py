@@ -13,7 +13,6 @@ evaluates the trained model on DATASETS.TEST; --skip-test is accepted for compat
 official GLIP script ignores it as well).
 """
 import argparse
-import logging
 import os
 import sys
 from typing import List, Optional
@@ -23,18 +22,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from maskrcnn_benchmark.config import get_cfg_defaults  # noqa: E402
-from maskrcnn_benchmark.config.paths_catalog import try_to_find  # noqa: E402
 from maskrcnn_benchmark.data import make_data_loader  # noqa: E402
-from maskrcnn_benchmark.engine.trainer import do_train, evaluate_model, log_execution_plan  # noqa: E402
-from maskrcnn_benchmark.modeling.detector import build_detection_model  # noqa: E402
-from maskrcnn_benchmark.solver import make_lr_scheduler, make_optimizer  # noqa: E402
-from maskrcnn_benchmark.utils.amp import amp_dtype, make_grad_scaler  # noqa: E402
-from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer  # noqa: E402
+from maskrcnn_benchmark.engine.train_loop import Trainer, checkpoint_period_of, find_weight  # noqa: E402,F401
+from maskrcnn_benchmark.engine.trainer import evaluate_model  # noqa: E402
 from maskrcnn_benchmark.utils.comm import get_local_rank, get_rank, get_world_size, synchronize  # noqa: E402
 from maskrcnn_benchmark.utils.device import init_distributed, resolve_device, set_current_device  # noqa: E402
-from maskrcnn_benchmark.utils.ema import ModelEma  # noqa: E402
 from maskrcnn_benchmark.utils.logger import setup_logger  # noqa: E402
-from maskrcnn_benchmark.utils.metric_logger import MetricLogger, TensorboardLogger, summary_writer_class  # noqa: E402
+from maskrcnn_benchmark.utils.metric_logger import summary_writer_class  # noqa: E402
 from maskrcnn_benchmark.utils.miscellaneous import mkdir, save_config, seed_all  # noqa: E402
 
 
@@ -82,95 +76,17 @@ def setup_config(args: argparse.Namespace, local_rank: int):
     return cfg, device
 
 
-def find_weight(weight: str) -> str:
-    """MODEL.WEIGHT resolved like officially (./, $DATASET, ./DATASET, ./OUTPUT, ./data, ./MODEL)."""
-    try:
-        return try_to_find(weight)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(
-            f"MODEL.WEIGHT {weight!r} was not found. Put the pretrained checkpoint there (e.g. "
-            "pretrain/glip_tiny_model_o365_goldg_cc_sbu.pth, see DATA.md), give its path, or set MODEL.WEIGHT '' "
-            f"to start from random weights. ({error})"
-        ) from None
-
-
-def checkpoint_period_of(cfg, max_iter: int) -> int:
-    """SOLVER.CHECKPOINT_PERIOD, or the iterations of SOLVER.CHECKPOINT_PER_EPOCH epochs when that is set."""
-    if cfg.SOLVER.CHECKPOINT_PER_EPOCH != -1 and cfg.SOLVER.MAX_EPOCH >= 1:
-        return max(int(max_iter * cfg.SOLVER.CHECKPOINT_PER_EPOCH // cfg.SOLVER.MAX_EPOCH), 1)
-    return cfg.SOLVER.CHECKPOINT_PERIOD
-
-
 def train(cfg, device: torch.device, distributed: bool, use_tensorboard: bool = False,
           early_stop_iteration: int = -1, resume: bool = False, restart: bool = False,
           skip_optimizer_resume: bool = False) -> torch.nn.Module:
-    """Build everything, load the weights or resume (never with `restart`), train; returns the trained model.
+    """Build the Trainer, load the weights or resume (never with `restart`), train; returns the trained model.
 
     With `skip_optimizer_resume` a resume takes the checkpoint's weights only and trains from iteration 0 with a
     fresh optimizer and schedule (tools/finetune.py --skip_optimizer_resume).
     """
-    logger = logging.getLogger("maskrcnn_benchmark.trainer")
-    model = build_detection_model(cfg)
-    model.to(device)
-    log_execution_plan(model)
-    if cfg.SOLVER.GRAD_CLIP > 0:
-        logger.warning("SOLVER.GRAD_CLIP has no effect (officially its hooks are never registered); "
-                       "use SOLVER.CLIP_GRADIENTS.")
-
-    data_loader = make_data_loader(cfg, is_train=True, is_distributed=distributed, start_iter=0)
-    max_iter = len(data_loader)
-    if cfg.SOLVER.MAX_EPOCH >= 1:
-        logger.info("%d iterations (%d per epoch)", max_iter, max_iter // cfg.SOLVER.MAX_EPOCH)
-    optimizer = make_optimizer(cfg, model)
-    scheduler = make_lr_scheduler(cfg, optimizer, max_iter)
-    scaler = make_grad_scaler(device.type, cfg.SOLVER.USE_AMP, amp_dtype(device.type, cfg.SOLVER.AMP_DTYPE))
-    checkpointer = DetectronCheckpointer(cfg, model, optimizer, scheduler, cfg.OUTPUT_DIR,
-                                         save_to_disk=get_rank() == 0, scaler=scaler,
-                                         keep_last=cfg.SOLVER.KEEP_LAST_CHECKPOINTS)
-    if resume and restart:
-        raise ValueError("--resume and --no-resume contradict each other: give one of them.")
-    resuming = checkpointer.has_checkpoint() and not restart
-    if restart and checkpointer.has_checkpoint():
-        logger.info("--no-resume: starting from MODEL.WEIGHT; %s in %s is not loaded (new checkpoints replace files "
-                    "of the same name)", checkpointer.get_checkpoint_file(), cfg.OUTPUT_DIR)
-    if resume and not resuming:
-        raise FileNotFoundError(f"--resume: no last_checkpoint in OUTPUT_DIR {cfg.OUTPUT_DIR!r}.")
-    if resuming:
-        logger.info("Resuming from %s", checkpointer.get_checkpoint_file())
-    weight = find_weight(cfg.MODEL.WEIGHT) if cfg.MODEL.WEIGHT and not resuming else ""
-    arguments = {"iteration": 0}
-    arguments.update(checkpointer.load(weight, force=restart, skip_optimizer=skip_optimizer_resume))
-    # Resume mid-schedule: the sampler continues from the checkpointed iteration.
-    data_loader.batch_sampler.start_iter = arguments["iteration"]
-
-    model_ema = None
-    if cfg.SOLVER.MODEL_EMA > 0:
-        # Built from the loaded weights (as officially); on resume its average is restored.
-        model_ema = ModelEma(model, decay=cfg.SOLVER.MODEL_EMA)
-        if "model_ema" in arguments:
-            model_ema.load_state_dict(arguments.pop("model_ema"))
-        checkpointer.model_ema = model_ema
-
-    if distributed:
-        accelerator = device.type in ("cuda", "npu")
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if accelerator else None,
-            output_device=device.index if accelerator else None,
-            broadcast_buffers=cfg.MODEL.BACKBONE.USE_BN, find_unused_parameters=cfg.SOLVER.FIND_UNUSED_PARAMETERS,
-        )
-        checkpointer.model = model
-
-    val_data_loader = None
-    if cfg.TEST.DURING_TRAINING:
-        val_data_loader = make_data_loader(cfg, is_train=False, is_distributed=distributed)[0]
-    if use_tensorboard:
-        meters = TensorboardLogger(cfg.OUTPUT_DIR, start_iter=arguments["iteration"], delimiter="  ")
-    else:
-        meters = MetricLogger(delimiter="  ")
-    do_train(cfg, model, data_loader, optimizer, scheduler, checkpointer, device, checkpoint_period_of(cfg, max_iter),
-             arguments, val_data_loader, meters, early_stop_iteration=early_stop_iteration, scaler=scaler,
-             model_ema=model_ema)
-    return model.module if distributed else model
+    trainer = Trainer.from_config(cfg, device, distributed, use_tensorboard, resume, restart, skip_optimizer_resume)
+    trainer.train(early_stop_iteration)
+    return trainer.module
 
 
 def run_test(cfg, model: torch.nn.Module, distributed: bool) -> dict:

@@ -324,16 +324,10 @@ def do_train(
         if end_of_run:
             # Before the evaluation and the final checkpoint: an untrained model is no result.
             check_trained(cfg, iteration, arguments)
-        stop = False
-        if val_data_loader is not None and (iteration % eval_period == 0 or end_of_run and not
-                                            cfg.TEST.AFTER_TRAINING):
-            monitored = model_ema.ema if model_ema is not None and cfg.SOLVER.USE_EMA_FOR_MONITOR else model
-            stop = evaluate_during_training(cfg, monitored, val_data_loader, device, iteration, arguments, hooks)
-            model.train()
-        if iteration == max_iter:
-            save_checkpoint(checkpointer, "model_final", arguments)
-        elif iteration % checkpoint_period == 0 or end_of_run or stop:
-            save_checkpoint(checkpointer, f"model_{iteration:07d}", arguments)
+        stop = val_data_loader is not None and (iteration % eval_period == 0 or end_of_run and not
+                                                cfg.TEST.AFTER_TRAINING) and evaluate_during_training(
+            cfg, model, model_ema, val_data_loader, device, iteration, arguments, hooks)
+        save_after_iteration(checkpointer, iteration, max_iter, checkpoint_period, end_of_run or stop, arguments)
         end = time.perf_counter()
         if stop:
             break
@@ -361,13 +355,26 @@ def training_hooks(cfg, scheduler, optimizer: torch.optim.Optimizer, checkpointe
                             lambda name, arguments: save_checkpoint(checkpointer, name, arguments, tag_last=False))
 
 
-def evaluate_during_training(cfg, model: nn.Module, val_data_loader: Iterable, device: torch.device, iteration: int,
-                             arguments: Dict[str, Any], hooks: Sequence[TrainingHook]) -> bool:
-    """Evaluate, record arguments["eval_result"] and give the AP to every hook; True when a hook stops the run."""
-    arguments["eval_result"] = evaluate_model(cfg, model, val_data_loader, device)
+def evaluate_during_training(cfg, model: nn.Module, model_ema: ModelEma | None, val_data_loader: Iterable,
+                             device: torch.device, iteration: int, arguments: Dict[str, Any],
+                             hooks: Sequence[TrainingHook]) -> bool:
+    """Evaluate the model (its EMA with SOLVER.USE_EMA_FOR_MONITOR), record arguments["eval_result"] and give the
+    AP to every hook; True when a hook stops the run. The model is back in training mode afterwards."""
+    monitored = model_ema.ema if model_ema is not None and cfg.SOLVER.USE_EMA_FOR_MONITOR else model
+    arguments["eval_result"] = evaluate_model(cfg, monitored, val_data_loader, device)
+    model.train()
     logger.info("Iteration %d: evaluation AP %.4f", iteration, arguments["eval_result"])
     # Every hook sees the evaluation, also after one asked to stop (as officially, the best is saved first).
     return any([hook.after_evaluation(iteration, arguments["eval_result"], arguments) for hook in hooks])
+
+
+def save_after_iteration(checkpointer, iteration: int, max_iter: int, checkpoint_period: int, last: bool,
+                         arguments: Dict[str, Any]) -> None:
+    """model_final at the schedule's end, else model_<iteration> every `checkpoint_period` and when `last`."""
+    if iteration == max_iter:
+        save_checkpoint(checkpointer, "model_final", arguments)
+    elif iteration % checkpoint_period == 0 or last:
+        save_checkpoint(checkpointer, f"model_{iteration:07d}", arguments)
 
 
 def train_step(cfg, model: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, scheduler, device: torch.device,

@@ -10,8 +10,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, Tuple
 
 import torch
 
@@ -39,7 +39,7 @@ def median_ms(run: Callable[[], None], device: str, repeat: int) -> float:
     return statistics.median(times)
 
 
-def nms_case(device: str, small: bool) -> Tuple[tuple, dict]:
+def nms_case(device: str, small: bool) -> tuple[tuple, dict]:
     """Pre-NMS candidates of one image: top boxes of 5 levels with 80 labels, thresh 0.6."""
     gen = torch.Generator().manual_seed(0)
     num = 1000 if small else 5000
@@ -52,7 +52,7 @@ def nms_case(device: str, small: bool) -> Tuple[tuple, dict]:
     return (boxes.to(device), scores.to(device), labels.to(device), 0.6), {}
 
 
-def roi_align_case(device: str, small: bool) -> Tuple[tuple, dict]:
+def roi_align_case(device: str, small: bool) -> tuple[tuple, dict]:
     """512 rois (7x7, sampling 2, aligned) on a 256-channel stride-8 map."""
     gen = torch.Generator().manual_seed(0)
     height, width = (25, 42) if small else (50, 84)
@@ -64,7 +64,7 @@ def roi_align_case(device: str, small: bool) -> Tuple[tuple, dict]:
     return (features.to(device), rois.to(device), (7, 7), 0.125, 2, True), {}
 
 
-def focal_case(device: str, small: bool) -> Tuple[tuple, dict]:
+def focal_case(device: str, small: bool) -> tuple[tuple, dict]:
     """Token loss of 2 images: (2, anchors, 256) logits, 5% positives, 200 real tokens."""
     gen = torch.Generator().manual_seed(0)
     anchors = 2000 if small else 8000
@@ -75,7 +75,7 @@ def focal_case(device: str, small: bool) -> Tuple[tuple, dict]:
     return (logits.to(device), targets.to(device), 0.25, 2.0, text_mask.to(device)), {}
 
 
-def deform_case(device: str, small: bool) -> Tuple[tuple, dict]:
+def deform_case(device: str, small: bool) -> tuple[tuple, dict]:
     """DyConv[0]: 256 -> 256 channels, 3x3, on the coarser level with offsets predicted on the finer one."""
     gen = torch.Generator().manual_seed(0)
     channels = 64 if small else 256
@@ -97,7 +97,7 @@ CASES = {
 
 
 def timed_passes(function: Callable, args: tuple, kwargs: dict, grad_args, device: str,
-                 repeat: int) -> Dict[str, float]:
+                 repeat: int) -> dict[str, float]:
     """Milliseconds of the forward pass, and of forward + backward when the op is differentiable."""
     times = {"forward": median_ms(lambda: function(*args, **kwargs), device, repeat)}
     if grad_args is None:

@@ -23,16 +23,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_model import add_path_arguments, build_model, coco_prompt, glip_t_config, parse_or_run_worker, \
-    path_worker_arguments, run_path_workers, use_plan  # noqa: E402
+from bench_model import (
+    add_path_arguments,
+    build_model,
+    coco_prompt,
+    glip_t_config,
+    parse_or_run_worker,
+    path_worker_arguments,  # noqa: E402
+    run_path_workers,
+    use_plan,
+)
+
 from maskrcnn_benchmark.data import CollatedBatch  # noqa: E402
 from maskrcnn_benchmark.engine.trainer import forward_losses, optimizer_step  # noqa: E402
 from maskrcnn_benchmark.solver import make_optimizer  # noqa: E402
 from maskrcnn_benchmark.structures.bounding_box import BoxList  # noqa: E402
 from maskrcnn_benchmark.structures.image_list import to_image_list  # noqa: E402
 from maskrcnn_benchmark.utils.amp import amp_dtype, make_grad_scaler  # noqa: E402
-from maskrcnn_benchmark.utils.device import peak_memory_mb, resolve_device, set_current_device, \
-    synchronize_device  # noqa: E402
+from maskrcnn_benchmark.utils.device import (
+    peak_memory_mb,
+    resolve_device,
+    set_current_device,
+    synchronize_device,  # noqa: E402
+)
 from maskrcnn_benchmark.utils.ema import ModelEma  # noqa: E402
 
 # Three boxes (x1, y1, x2, y2) in an 800x1333 image and their COCO labels (person, car, dog).

@@ -9,7 +9,8 @@ Only the Python standard library is used, so the filter starts at once.
 import re
 import sys
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 START = re.compile(r"Start training from iteration (\d+) to (\d+)")
 ITERATION = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+loss: (\S+) \((\S+)\)")

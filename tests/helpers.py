@@ -16,10 +16,10 @@ from types import ModuleType
 
 import numpy as np
 import torch
+from conftest import SMALL, small_raw_cfg
 from PIL import Image
 from transformers import BertConfig
 
-from conftest import SMALL, small_raw_cfg
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.modeling.rpn.anchor_generator import make_anchor_generator_complex
 from maskrcnn_benchmark.modeling.rpn.vldyhead import VLDyHead, build_vldyhead

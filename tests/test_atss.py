@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 import torchvision
-
 from conftest import small_raw_cfg
 from helpers import LOSS_NUM_TOKENS, loss_inputs, random_targets, synthetic_anchors
+
 from maskrcnn_benchmark.config import check_supported
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.modeling.rpn.anchor_generator import generate_anchors, make_anchor_generator_complex

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import small_raw_cfg
 from yacs.config import CfgNode
 
-from conftest import small_raw_cfg
 from maskrcnn_benchmark.config import check_supported
 from maskrcnn_benchmark.layers.dropblock import DropBlock2D
 from maskrcnn_benchmark.modeling.backbone import build_backbone

@@ -8,17 +8,22 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import SMALL
+from helpers import load_tool
 from PIL import Image
 from torch import nn
 
-from conftest import SMALL
-from helpers import load_tool
 import maskrcnn_benchmark.utils.checkpoint as checkpoint_module
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor
-from maskrcnn_benchmark.utils.checkpoint import (CheckpointError, Checkpointer, DetectronCheckpointer,
-                                                 extract_state_dict, load_state_dict, read_checkpoint)
-
+from maskrcnn_benchmark.utils.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    DetectronCheckpointer,
+    extract_state_dict,
+    load_state_dict,
+    read_checkpoint,
+)
 
 
 class Tiny(nn.Module):

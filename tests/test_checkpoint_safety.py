@@ -13,7 +13,7 @@ from torch import nn
 from torch.serialization import MAGIC_NUMBER
 
 from maskrcnn_benchmark.config import get_cfg_defaults
-from maskrcnn_benchmark.utils.checkpoint import CheckpointError, Checkpointer, DetectronCheckpointer, read_checkpoint
+from maskrcnn_benchmark.utils.checkpoint import Checkpointer, CheckpointError, DetectronCheckpointer, read_checkpoint
 from maskrcnn_benchmark.utils.safe_unpickle import load_with_inert_objects
 
 

@@ -8,8 +8,15 @@ import pytest
 import torch
 from yacs.config import CfgNode
 
-from maskrcnn_benchmark.config import (PORT_KEYS, cfg, check_supported, compat, get_cfg_defaults, key_status,
-                                       unsupported_settings)
+from maskrcnn_benchmark.config import (
+    PORT_KEYS,
+    cfg,
+    check_supported,
+    compat,
+    get_cfg_defaults,
+    key_status,
+    unsupported_settings,
+)
 from maskrcnn_benchmark.config.config_node import ConfigFileError
 
 ROOT = Path(__file__).resolve().parents[1]

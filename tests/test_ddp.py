@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from helpers import ROOT, free_port, reference_run, small_train_options, subprocess_env, train_net_command
+
 from maskrcnn_benchmark.utils.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow  # two-process runs of tools/train_net.py (about a minute)

@@ -1,8 +1,8 @@
 """Detector-level behaviour: official checkpoints load unchanged, freezing, prompt tuning, refused features."""
 import pytest
 import torch
-
 from helpers import assert_same_detections, eval_forward, small_cfg
+
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer

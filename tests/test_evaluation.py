@@ -7,23 +7,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
+from conftest import FIXTURES, SMALL
+from helpers import free_port, load_tool
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
-import yaml
 
-from conftest import FIXTURES, SMALL
-from helpers import free_port, load_tool
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.data.datasets.coco import COCODataset
 from maskrcnn_benchmark.data.evaluation import COCOResults, evaluate, prepare_for_coco_detection
 from maskrcnn_benchmark.data.evaluation.coco_eval import NoGroundTruthError
-from maskrcnn_benchmark.engine.inference import (clean_name, create_positive_map_label_to_token_from_positive_map,
-                                                 create_queries_and_maps, create_queries_and_maps_from_dataset)
-from maskrcnn_benchmark.text import load_shipped_tokenizer
+from maskrcnn_benchmark.engine.inference import (
+    clean_name,
+    create_positive_map_label_to_token_from_positive_map,
+    create_queries_and_maps,
+    create_queries_and_maps_from_dataset,
+)
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import to_image_list
+from maskrcnn_benchmark.text import load_shipped_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZATION = json.loads((FIXTURES / "tokenization.json").read_text())

@@ -5,14 +5,19 @@ import math
 
 import pytest
 import torch
-from torchvision.ops import deform_conv2d
-
 from conftest import small_raw_cfg
 from helpers import eval_forward, head_inputs, image_list, loss_inputs, small_cfg, small_head, train_targets
+from torchvision.ops import deform_conv2d
+
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.layers.deform_conv import modulated_deform_conv
-from maskrcnn_benchmark.layers.execution_plan import (ACCELERATOR_PLAN, CPU_PLAN, REFERENCE_PLAN,
-                                                      apply_execution_plan, resolve_plan)
+from maskrcnn_benchmark.layers.execution_plan import (
+    ACCELERATOR_PLAN,
+    CPU_PLAN,
+    REFERENCE_PLAN,
+    apply_execution_plan,
+    resolve_plan,
+)
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.modeling.rpn import fusion
@@ -282,7 +287,7 @@ def _train_step(model, images, targets, captions, positive_map):
 def test_train_losses_and_gradients_agree(small_model, small_case, sizes, plan):
     given = small_case["inputs"]["train"]
     images = _random_images(sizes, seed=10 + len(sizes))
-    targets, rows = [], []
+    targets, _rows = [], []
     generator = torch.Generator().manual_seed(3)
     for h, w in sizes:
         xy = torch.rand(3, 2, generator=generator) * torch.tensor([w * 0.5, h * 0.5])

@@ -4,8 +4,8 @@ import os
 
 import pytest
 import yaml
-
 from helpers import ROOT, load_tool
+
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.config.tuning_presets import TUNING_PRESETS, apply_tuning_preset
 from maskrcnn_benchmark.data.datasets.synthetic import generate_synthetic_dataset

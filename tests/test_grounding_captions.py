@@ -5,10 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskrcnn_benchmark.data.datasets.od_to_grounding import (build_detection_caption, clean_name,
-                                                              count_fitting_labels)
-from maskrcnn_benchmark.data.datasets.positive_maps import (create_greenlight_map, create_positive_dict,
-                                                            create_positive_map, span_to_token_range)
+from maskrcnn_benchmark.data.datasets.od_to_grounding import build_detection_caption, clean_name, count_fitting_labels
+from maskrcnn_benchmark.data.datasets.positive_maps import (
+    create_greenlight_map,
+    create_positive_dict,
+    create_positive_map,
+    span_to_token_range,
+)
 from maskrcnn_benchmark.text import load_shipped_tokenizer
 
 TOKENIZATION = json.loads((Path(__file__).parent / "fixtures" / "tokenization.json").read_text())

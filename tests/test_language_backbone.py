@@ -3,8 +3,8 @@ import hashlib
 import json
 
 import torch
-
 from conftest import FIXTURES, SMALL
+
 from maskrcnn_benchmark.modeling.language_backbone import BertEncoder
 from maskrcnn_benchmark.modeling.language_backbone.bert_model import load_language_config
 from maskrcnn_benchmark.text import SHIPPED_BERT_DIR, load_shipped_tokenizer, tokenize_captions

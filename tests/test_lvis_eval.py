@@ -8,16 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL
+from helpers import load_tool
 from PIL import Image
 from torch import nn
 
-from conftest import SMALL
-from helpers import load_tool
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.config.compat import check_supported
 from maskrcnn_benchmark.data.datasets.lvis import LvisDetection
-from maskrcnn_benchmark.data.evaluation.lvis_eval import (check_lvis_annotations, evaluate_lvis,
-                                                         fixed_ap_detections, prepare_for_lvis_detection)
+from maskrcnn_benchmark.data.evaluation.lvis_eval import (
+    check_lvis_annotations,
+    evaluate_lvis,
+    fixed_ap_detections,
+    prepare_for_lvis_detection,
+)
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.text import load_shipped_tokenizer
 

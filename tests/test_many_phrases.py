@@ -5,17 +5,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL
+from helpers import load_tool
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from conftest import SMALL
-from helpers import load_tool
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor
 from maskrcnn_benchmark.modeling.detector import build_detection_model
-from maskrcnn_benchmark.text import load_shipped_tokenizer
 from maskrcnn_benchmark.modeling.rpn.inference import token_to_class_scores
+from maskrcnn_benchmark.text import load_shipped_tokenizer
 
 # A low score threshold gives the random-weight small model detections of many phrases on a noise image.
 OPTS = ["MODEL.LANGUAGE_BACKBONE.MODEL_PATH", str(SMALL / "bert"), "MODEL.DEVICE", "cpu",

@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
-
 from conftest import FIXTURES
 from helpers import assert_same_detections, eval_forward, image_list, small_cfg, train_targets
+
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.modeling.backbone import swint
 from maskrcnn_benchmark.modeling.detector import build_detection_model

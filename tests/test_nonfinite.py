@@ -12,14 +12,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL
+from helpers import (
+    ROOT,
+    load_tool,
+    small_train_options,
+    subprocess_env,
+    train_net_command,
+    write_small_weights,
+    write_tiny_coco,
+)
 from PIL import Image
 
-from conftest import SMALL
-from helpers import (ROOT, load_tool, small_train_options, subprocess_env, train_net_command,
-                     write_small_weights, write_tiny_coco)
 from maskrcnn_benchmark.config import get_cfg_defaults
-from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.layers.deform_conv import ModulatedDeformConv, NonFiniteOffsetError, check_finite_offsets
+from maskrcnn_benchmark.modeling.detector import build_detection_model
 
 
 def _run_python(code: str, *args: str, **env) -> subprocess.CompletedProcess:

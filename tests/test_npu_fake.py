@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-
 from helpers import python_first_env
+
 from maskrcnn_benchmark.layers import dispatch, npu_ops
 
 REPO = Path(__file__).resolve().parents[1]

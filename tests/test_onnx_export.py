@@ -6,10 +6,10 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import SMALL
 from helpers import load_tool
+from PIL import Image
+
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor
 

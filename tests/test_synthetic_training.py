@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import free_port, load_tool, python_first_env
 from PIL import Image
 
-from helpers import free_port, load_tool, python_first_env
 from maskrcnn_benchmark.data.datasets.synthetic import make_image
 
 REPO = Path(__file__).resolve().parents[1]

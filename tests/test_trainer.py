@@ -13,23 +13,37 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    ROOT,
+    free_port,
+    load_tool,
+    reference_run,
+    small_train_options,
+    subprocess_env,
+    train_net_command,
+    write_tiny_coco,
+)
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from helpers import (ROOT, free_port, load_tool, reference_run, small_train_options, subprocess_env,
-                     train_net_command, write_tiny_coco)
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.data import CollatedBatch
 from maskrcnn_benchmark.data.build import make_batch_data_sampler, make_data_sampler
-from maskrcnn_benchmark.engine.trainer import WARMUP_ITERATIONS, NonFiniteLossError, NoTrainingStepError, \
-    do_train, training_throughput, write_loss_curve
+from maskrcnn_benchmark.engine.trainer import (
+    WARMUP_ITERATIONS,
+    NonFiniteLossError,
+    NoTrainingStepError,
+    do_train,
+    training_throughput,
+    write_loss_curve,
+)
 from maskrcnn_benchmark.solver import make_lr_scheduler, make_optimizer
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import to_image_list

@@ -17,7 +17,7 @@ import argparse
 import json
 import logging
 import os
-from typing import List, Sequence
+from collections.abc import Sequence
 
 from tqdm import tqdm
 
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
-def list_images(first: str, more: Sequence[str]) -> List[str]:
+def list_images(first: str, more: Sequence[str]) -> list[str]:
     """The input image files: `first` (a file, or a folder's image files sorted by name), then `more`."""
     if os.path.isdir(first):
         names = sorted(os.listdir(first))
@@ -78,7 +78,7 @@ def list_images(first: str, more: Sequence[str]) -> List[str]:
     return images + list(more)
 
 
-def output_pictures(images: Sequence[str], out: str, out_dir: str) -> List[str]:
+def output_pictures(images: Sequence[str], out: str, out_dir: str) -> list[str]:
     """The picture file of each input: `out` for a single image, else OUT_DIR/<name>_glip.png."""
     if len(images) == 1:
         pictures = [out]
@@ -98,7 +98,7 @@ def output_pictures(images: Sequence[str], out: str, out_dir: str) -> List[str]:
     return pictures
 
 
-def detection_records(image: str, prediction: BoxList) -> List[dict]:
+def detection_records(image: str, prediction: BoxList) -> list[dict]:
     """One JSON record per detection: image, label, phrase, score and box (xyxy, input image pixels)."""
     return [{"image": image, "label": label, "phrase": phrase, "score": score, "box": box}
             for label, phrase, score, box in zip(prediction.get_field("labels").tolist(),

@@ -8,19 +8,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List
 
 from PIL import Image
 from pycocotools.coco import COCO
 
-from maskrcnn_benchmark.utils.drawing import READABLE_MIN_SIDE, Rect, draw_labelled_boxes, enlarge, \
-    enlargement_factor
+from maskrcnn_benchmark.utils.drawing import READABLE_MIN_SIDE, Rect, draw_labelled_boxes, enlarge, enlargement_factor
 
 GREEN, RED = (0, 220, 0), (255, 0, 0)
 
 
-def draw_image(image: Image.Image, truths: List[dict], detections: List[dict], names: Dict[int, str],
-               scale: int = 1, label_rects: List[Rect] | None = None) -> Image.Image:
+def draw_image(image: Image.Image, truths: list[dict], detections: list[dict], names: dict[int, str],
+               scale: int = 1, label_rects: list[Rect] | None = None) -> Image.Image:
     """The image enlarged by `scale`, true boxes in green and detections (name and score) in red.
 
     Detection labels are drawn best score first, each on a filled red box, stacked when boxes coincide; their
@@ -39,7 +37,7 @@ def draw_image(image: Image.Image, truths: List[dict], detections: List[dict], n
 
 
 def draw_evaluation(ann_file: str, img_dir: str, results_file: str, out_dir: str, num: int = 4,
-                    threshold: float = 0.3, scale: int = 0) -> List[Path]:
+                    threshold: float = 0.3, scale: int = 0) -> list[Path]:
     """Write `num` PNGs (the first images of the annotation file) and return their paths.
 
     `scale` 0 enlarges each image by the smallest whole factor giving a short side of READABLE_MIN_SIDE pixels.

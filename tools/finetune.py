@@ -19,12 +19,14 @@ import logging
 import os
 import shutil
 import sys
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # train_net
+
+import train_net  # noqa: E402  (tools/ is on sys.path when this script runs)
 
 from maskrcnn_benchmark.config import get_cfg_defaults  # noqa: E402
 from maskrcnn_benchmark.config.tuning_presets import apply_tuning_preset  # noqa: E402
@@ -35,13 +37,11 @@ from maskrcnn_benchmark.utils.device import init_distributed, resolve_device, se
 from maskrcnn_benchmark.utils.logger import setup_logger  # noqa: E402
 from maskrcnn_benchmark.utils.miscellaneous import mkdir, save_config, seed_all  # noqa: E402
 
-import train_net  # noqa: E402  (tools/ is on sys.path when this script runs)
-
 logger = logging.getLogger("maskrcnn_benchmark.finetune")
 ZERO_SHOT = 10000  # the official "shots" value that means: evaluate the weights without training
 
 
-def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The official flags (--keep_testing is refused: it opened an interactive debugger)."""
     parser = argparse.ArgumentParser(description="GLIP fine-tuning over tasks, shots and seeds")
     parser.add_argument("--config-file", default="", metavar="FILE", help="base config file")
@@ -69,7 +69,7 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def task_configs(ft_tasks: str, config_file: str) -> List[str]:
+def task_configs(ft_tasks: str, config_file: str) -> list[str]:
     """The task config files: each comma-separated glob's matches, sorted; the base config when none given."""
     if not ft_tasks:
         return [config_file]
@@ -82,7 +82,7 @@ def task_configs(ft_tasks: str, config_file: str) -> List[str]:
     return files
 
 
-def shot_settings(value: str | None) -> List[Tuple[int, int, int] | None]:
+def shot_settings(value: str | None) -> list[tuple[int, int, int] | None]:
     """(shots, epochs, general copy) of each SHOT_EPOCH_COPY; [None] keeps the task configs' own."""
     if not value:
         return [None]
@@ -96,7 +96,7 @@ def shot_settings(value: str | None) -> List[Tuple[int, int, int] | None]:
     return settings
 
 
-def seeds_of(value: str | None) -> List[int | None]:
+def seeds_of(value: str | None) -> list[int | None]:
     """The --shuffle_seeds values; [None] keeps the task configs' DATASETS.SHUFFLE_SEED."""
     if not value:
         return [None]
@@ -106,7 +106,7 @@ def seeds_of(value: str | None) -> List[int | None]:
         raise ValueError(f"--shuffle_seeds {value!r}: expected comma-separated whole numbers, e.g. 3,30.") from None
 
 
-def run_config(args: argparse.Namespace, task_file: str, task_id: int, shots: Tuple[int, int, int] | None,
+def run_config(args: argparse.Namespace, task_file: str, task_id: int, shots: tuple[int, int, int] | None,
                seed: int | None, several_shots: bool):
     """One run's config: base, task file, KEY VALUEs, shot setting, seed, output folder, tuning preset."""
     cfg = get_cfg_defaults()
@@ -140,7 +140,7 @@ def resolve_last_checkpoint(weight: str) -> str:
         return weight.replace("model_last_checkpoint.pth", f.read().strip())
 
 
-def evaluate(cfg, model: torch.nn.Module, distributed: bool, best_only: bool) -> Dict[str, float]:
+def evaluate(cfg, model: torch.nn.Module, distributed: bool, best_only: bool) -> dict[str, float]:
     """AP on each DATASETS.TEST set, of model_best.pth when `best_only` (else of `model` as trained)."""
     if best_only:
         path = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
@@ -161,7 +161,7 @@ def untrained_model(cfg, device: torch.device) -> torch.nn.Module:
     return model
 
 
-def run_one(cfg, device: torch.device, distributed: bool, args: argparse.Namespace, zero_shot: bool) -> Dict:
+def run_one(cfg, device: torch.device, distributed: bool, args: argparse.Namespace, zero_shot: bool) -> dict:
     """Train (or not, zero-shot) and evaluate one run; returns its row of the results table."""
     mkdir(cfg.OUTPUT_DIR)
     if is_main_process():
@@ -174,7 +174,7 @@ def run_one(cfg, device: torch.device, distributed: bool, args: argparse.Namespa
     synchronize()
     results = {} if args.skip_test else evaluate(cfg, model, distributed, args.evaluate_only_best_on_test and
                                                  not zero_shot)
-    row: Dict[str, Any] = {"output_dir": cfg.OUTPUT_DIR, "shots": cfg.DATASETS.FEW_SHOT,
+    row: dict[str, Any] = {"output_dir": cfg.OUTPUT_DIR, "shots": cfg.DATASETS.FEW_SHOT,
                            "epochs": cfg.SOLVER.MAX_EPOCH, "seed": cfg.DATASETS.SHUFFLE_SEED}
     if args.push_both_val_and_test:
         row.update(best_validation(cfg.OUTPUT_DIR))
@@ -182,14 +182,14 @@ def run_one(cfg, device: torch.device, distributed: bool, args: argparse.Namespa
     return row
 
 
-def best_validation(output_dir: str) -> Dict[str, Any]:
+def best_validation(output_dir: str) -> dict[str, Any]:
     """The best validation AP and its iteration, from model_best.pth (empty cells when there is none)."""
     path = os.path.join(output_dir, "model_best.pth")
     best = read_checkpoint(path).get("best_eval", {}) if os.path.isfile(path) else {}
     return {"val AP (best)": best.get("ap", ""), "best iteration": best.get("iteration", "")}
 
 
-def write_results(rows: List[Dict[str, Any]], output_dir: str) -> Tuple[str, str]:
+def write_results(rows: list[dict[str, Any]], output_dir: str) -> tuple[str, str]:
     """finetune_results.csv and finetune_results.md in `output_dir`: one row per run; returns their paths."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     csv_path = os.path.join(output_dir, "finetune_results.csv")
@@ -206,7 +206,7 @@ def write_results(rows: List[Dict[str, Any]], output_dir: str) -> Tuple[str, str
     return csv_path, md_path
 
 
-def main(argv: List[str] | None = None) -> List[Dict[str, Any]]:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Parse the command line; train and evaluate every task x shot setting x seed; write the results table."""
     args = parse_args(argv)
     tasks = task_configs(args.ft_tasks, args.config_file)

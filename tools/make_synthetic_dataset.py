@@ -1,4 +1,5 @@
-"""Write the synthetic COCO-format grounding dataset (coloured shapes; see maskrcnn_benchmark/data/datasets/synthetic.py).
+"""Write the synthetic COCO-format grounding dataset (coloured shapes; see
+maskrcnn_benchmark/data/datasets/synthetic.py).
 
 Usage: python tools/make_synthetic_dataset.py --out datasets/synthetic --seed 0 [--num-train 800 --num-val 100]
 """

@@ -7,7 +7,6 @@ OUTPUT_DIR/inference/<dataset>/ (OUTPUT_DIR/eval/<weight name>/inference/<datase
 """
 import argparse
 import os
-from typing import Dict, List, Optional
 
 from torch import nn
 
@@ -21,7 +20,7 @@ from maskrcnn_benchmark.utils.device import init_distributed, resolve_device
 from maskrcnn_benchmark.utils.logger import setup_logger
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The official command-line flags; trailing KEY VALUE pairs override the config."""
     parser = argparse.ArgumentParser(description="PyTorch Detection to Grounding Inference")
     parser.add_argument("--config-file", default="configs/pretrain/glip_Swin_T_O365_GoldG.yaml", metavar="FILE",
@@ -43,7 +42,7 @@ def check_dist_url(dist_url: str) -> None:
                          f"RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT). Launch with torchrun and drop --dist-url.")
 
 
-def evaluate_datasets(model: nn.Module, cfg, log_dir: str, distributed: bool) -> Dict[str, object]:
+def evaluate_datasets(model: nn.Module, cfg, log_dir: str, distributed: bool) -> dict[str, object]:
     """Run `inference` on every dataset of cfg.DATASETS.TEST; dataset name -> its result (None off rank 0)."""
     dataset_names = list(cfg.DATASETS.TEST)
     if dataset_names and isinstance(dataset_names[0], (list, tuple)):
@@ -76,7 +75,7 @@ def check_weights_given(weight: str | None, cfg) -> None:
                                     "Pass --weight CHECKPOINT (or MODEL.WEIGHT CHECKPOINT)")
 
 
-def main(argv: Optional[List[str]] = None, model: Optional[nn.Module] = None) -> Dict[str, object]:
+def main(argv: list[str] | None = None, model: nn.Module | None = None) -> dict[str, object]:
     """Evaluate as the command line says; `model` replaces the built and loaded detector (for tests)."""
     args = parse_args(argv)
     check_dist_url(args.dist_url)

@@ -15,7 +15,6 @@ official GLIP script ignores it as well).
 import argparse
 import os
 import sys
-from typing import List, Optional
 
 import torch
 
@@ -32,7 +31,7 @@ from maskrcnn_benchmark.utils.metric_logger import summary_writer_class  # noqa:
 from maskrcnn_benchmark.utils.miscellaneous import mkdir, save_config, seed_all  # noqa: E402
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The official flags, Ascend's --early_stop_iteration, and --resume."""
     parser = argparse.ArgumentParser(description="PyTorch Object Detection Training")
     parser.add_argument("--config-file", default="", metavar="FILE", help="path to config file")
@@ -103,7 +102,7 @@ def run_test(cfg, model: torch.nn.Module, distributed: bool) -> dict:
     return results
 
 
-def main(argv: Optional[List[str]] = None) -> torch.nn.Module:
+def main(argv: list[str] | None = None) -> torch.nn.Module:
     """Parse the command line, set up devices, processes and logging, train, then evaluate if asked."""
     args = parse_args(argv)
     if args.use_tensorboard:

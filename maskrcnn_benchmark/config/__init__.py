@@ -6,8 +6,8 @@ official tools; ``check_supported(cfg)`` rejects settings that need features thi
 from yacs.config import CfgNode
 
 from .compat import check_supported, key_status, unsupported_settings
-from .defaults import PORT_KEYS
 from .defaults import _C as cfg
+from .defaults import PORT_KEYS
 
 
 def get_cfg_defaults() -> CfgNode:

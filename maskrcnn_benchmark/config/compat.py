@@ -18,12 +18,13 @@ the solver builders (SOLVER), refuses every setting of the third kind, naming th
 built; the builders themselves only map keys to arguments.
 """
 import copy
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .config_node import ConfigNode as CN
 
 # Feature description -> {section: {key: official default}}. A non-default value is rejected.
-UNBUILT_FEATURES: Dict[str, Dict[str, Dict[str, Any]]] = {
+UNBUILT_FEATURES: dict[str, dict[str, dict[str, Any]]] = {
     "the ROI box head (two-stage detection)": {
         "MODEL": {"BOX_ON": True},
         "MODEL.RPN": {"FORCE_BOXES": False, "RETURN_FUSED_FEATURES": False},
@@ -212,7 +213,7 @@ UNBUILT_FEATURES: Dict[str, Dict[str, Dict[str, Any]]] = {
 # {section: {key: official default}} of placeholders: accepted and ignored whatever their value. The official
 # task configs (odinw, lvis, flickr) and evaluation commands set them together with the ATSS/DYHEAD value
 # they mean.
-PLACEHOLDER_KEYS: Dict[str, Dict[str, Any]] = {
+PLACEHOLDER_KEYS: dict[str, dict[str, Any]] = {
     "MODEL.FCOS": {"NUM_CLASSES": 81, "DETECTIONS_PER_IMG": 100},
     "MODEL.RETINANET": {"DETECTIONS_PER_IMG": 100},
     "MODEL.ROI_HEADS": {"DETECTIONS_PER_IMG": 100},
@@ -221,7 +222,7 @@ PLACEHOLDER_KEYS: Dict[str, Dict[str, Any]] = {
 
 # {section: {key: official default}} of keys the official code reads nowhere: accepted and ignored whatever
 # their value (the odinw configs set PREDEFINED_TEXT, GLIP-T sets DYHEAD.TOPK; ATSS.TOPK is the one read).
-UNREAD_KEYS: Dict[str, Dict[str, Any]] = {
+UNREAD_KEYS: dict[str, dict[str, Any]] = {
     "": {"TENSORBOARD_EXP": "OUTPUT"},
     "MODEL": {"DEBUG": False, "PRETRAIN_NAME": "", "MULTITASK": CN(new_allowed=True)},
     "MODEL.BACKBONE": {
@@ -245,7 +246,7 @@ UNREAD_KEYS: Dict[str, Dict[str, Any]] = {
 }
 
 # Key -> (values whose variant is built, what another value would select).
-SUPPORTED_CHOICES: Dict[str, Tuple[Tuple[Any, ...], str]] = {
+SUPPORTED_CHOICES: dict[str, tuple[tuple[Any, ...], str]] = {
     "MODEL.META_ARCHITECTURE": (("GeneralizedVLRCNN",), "another detector meta-architecture"),
     "MODEL.RPN_ARCHITECTURE": (("VLDYHEAD",), "another detection head (RPN, RetinaNet, FCOS, ATSS, DyHead)"),
     "MODEL.RPN_ONLY": ((True,), "ROI heads after the detection head (two-stage detection)"),
@@ -305,7 +306,7 @@ def _fused_language_or_no_fusion(value: Any, lookup: Callable[[str], Any]) -> bo
 
 
 # Key -> (rule on its value given the config, what is built). A value breaking the rule is refused.
-BUILT_RULES: Dict[str, Tuple[Callable[[Any, Callable[[str], Any]], bool], str]] = {
+BUILT_RULES: dict[str, tuple[Callable[[Any, Callable[[str], Any]], bool], str]] = {
     "MODEL.DYHEAD.FUSE_CONFIG.USE_FUSED_FEATURES_DOT_PRODUCT": (
         _fused_language_or_no_fusion, "True, or False with MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON False (GLIP-A)"),
     "MODEL.RPN.ASPECT_RATIOS": (lambda value, _: len(value) == 1, "one aspect ratio (one anchor per location)"),
@@ -330,7 +331,7 @@ _CAPTION_SETS_ONLY = ("read only by the official caption datasets (CaptionTSV, P
                       "this port's catalog builds none of them (their names are refused), so it cannot change a run")
 _COPY_OF_NAMED_SET = ("repeat factor of one named set of the official catalog (flickr30k, mixed, the odinw-8copy "
                       "sets), none of them in this port's catalog; DATASETS.GENERAL_COPY repeats the others")
-NO_EFFECT_KEYS: Dict[str, str] = {
+NO_EFFECT_KEYS: dict[str, str] = {
     "MODEL.FOCAL.FG_IOU_THRESHOLD": "the IoU matcher of non-ATSS heads; the VL head assigns with ATSS (MODEL.ATSS)",
     "MODEL.FOCAL.BG_IOU_THRESHOLD": "the IoU matcher of non-ATSS heads; the VL head assigns with ATSS (MODEL.ATSS)",
     "MODEL.FOCAL.LOSS_ALPHA": "only the sigmoid classification loss reads it (USE_CLASSIFICATION_LOSS, refused); "
@@ -385,7 +386,7 @@ NO_EFFECT_KEYS: Dict[str, str] = {
 # {section: key names} of config/defaults.py that the code reads: a builder maps them to constructor arguments
 # or a tool uses them. The key-walk test fails on a defaults key that is in no table of this module, so that a
 # new key cannot be ignored unnoticed, and checks that each key listed here appears in the code.
-READ_KEYS: Dict[str, Tuple[str, ...]] = {
+READ_KEYS: dict[str, tuple[str, ...]] = {
     "": ("OUTPUT_DIR",),
     "MODEL": ("DEVICE", "WEIGHT", "LINEAR_PROB", "EXECUTION_PLAN", "ALLOW_MISSING_WEIGHTS"),
     "MODEL.BACKBONE": ("FREEZE_CONV_BODY_AT", "FREEZE", "OUT_CHANNELS", "OUT_FEATURES", "USE_CHECKPOINT"),
@@ -410,7 +411,8 @@ READ_KEYS: Dict[str, Tuple[str, ...]] = {
     "INPUT": ("MIN_SIZE_TRAIN", "MAX_SIZE_TRAIN", "MIN_SIZE_TEST", "MAX_SIZE_TEST", "PIXEL_MEAN", "PIXEL_STD",
               "TO_BGR255", "FORMAT", "FIX_RES"),
     "AUGMENT": ("FLIP_PROB_TRAIN", "MULT_MIN_SIZE_TRAIN"),
-    "DATASETS": ("TRAIN", "TEST", "CLASS_AGNOSTIC", "FEW_SHOT", "SHUFFLE_SEED", "REGISTER", "GENERAL_COPY", "GENERAL_COPY_TEST",
+    "DATASETS": ("TRAIN", "TEST", "CLASS_AGNOSTIC", "FEW_SHOT", "SHUFFLE_SEED", "REGISTER", "GENERAL_COPY",
+                 "GENERAL_COPY_TEST",
                  "ADD_DET_PROMPT", "DISABLE_SHUFFLE", "DISABLE_CLIP_TO_IMAGE", "SEPARATION_TOKENS",
                  "TRAIN_DATASETNAME_SUFFIX", "TEST_DATASETNAME_SUFFIX", "OVERRIDE_CATEGORY", "USE_OVERRIDE_CATEGORY",
                  "SUPRESS_QUERY", "USE_SUPRESS_QUERY", "USE_CAPTION_PROMPT", "CAPTION_PROMPT", "LVIS_USE_NORMAL_AP",
@@ -439,7 +441,7 @@ def _node(cfg: CN, section: str) -> CN:
     return node
 
 
-def _add(cfg: CN, table: Dict[str, Dict[str, Any]]) -> None:
+def _add(cfg: CN, table: dict[str, dict[str, Any]]) -> None:
     """Add the {section: {key: default}} table to `cfg`, refusing to redefine a key."""
     for section, keys in table.items():
         node = _node(cfg, section)
@@ -494,7 +496,7 @@ def _in_sections(full_key: str, sections: Sequence[str] | None) -> bool:
     return sections is None or any(full_key == s or full_key.startswith(s + ".") for s in sections)
 
 
-def _refused_choices(cfg: CN, sections: Sequence[str] | None) -> List[str]:
+def _refused_choices(cfg: CN, sections: Sequence[str] | None) -> list[str]:
     """Messages for the SUPPORTED_CHOICES and BUILT_RULES keys of `cfg` set to a value that is not built."""
     problems = []
     for full_key, (supported, selects) in SUPPORTED_CHOICES.items():
@@ -509,7 +511,7 @@ def _refused_choices(cfg: CN, sections: Sequence[str] | None) -> List[str]:
     return problems
 
 
-def _refused_features(cfg: CN, sections: Sequence[str] | None) -> List[str]:
+def _refused_features(cfg: CN, sections: Sequence[str] | None) -> list[str]:
     """Messages for the UNBUILT_FEATURES keys of `cfg` set to a value other than their official default."""
     problems = []
     for feature, feature_sections in UNBUILT_FEATURES.items():
@@ -523,7 +525,7 @@ def _refused_features(cfg: CN, sections: Sequence[str] | None) -> List[str]:
     return problems
 
 
-def unsupported_settings(cfg: CN, sections: Sequence[str] | None = None) -> List[str]:
+def unsupported_settings(cfg: CN, sections: Sequence[str] | None = None) -> list[str]:
     """One message per setting of `cfg` (in `sections`, None: all) that this port does not build (empty if none)."""
     return _refused_choices(cfg, sections) + _refused_features(cfg, sections)
 
@@ -539,7 +541,7 @@ def check_supported(cfg: CN, sections: Sequence[str] | None = None) -> None:
         raise ValueError("Unsupported config settings:\n  " + "\n  ".join(problems))
 
 
-def _table_keys(table: Dict[str, Any]) -> List[str]:
+def _table_keys(table: dict[str, Any]) -> list[str]:
     """The full keys of a {section: {key: ...} or (key, ...)} table."""
     return [_full_key(section, key) for section, keys in table.items() for key in keys]
 

@@ -1,6 +1,6 @@
 """Catalog of the COCO-format datasets known by name, and the search for their files on disk."""
 import os
-from typing import Dict, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 # Folders searched, in order, for a relative dataset path (after "./" and the DATASET environment variable).
 DEFAULT_SEARCH_PATH = ("./DATASET", "./OUTPUT", "./data", "./MODEL")
@@ -40,7 +40,7 @@ class DatasetCatalog:
     the detection dataset used for evaluation (`COCODataset`).
     """
 
-    DATASETS: Dict[str, Dict[str, str]] = {
+    DATASETS: dict[str, dict[str, str]] = {
         "coco_grounding_train": {
             "img_dir": "coco/train2017",
             "ann_file": "coco/annotations/instances_train2017.json",
@@ -74,7 +74,7 @@ class DatasetCatalog:
         DatasetCatalog.DATASETS.update({name: dict(info)})
 
     @staticmethod
-    def get(name: str, registered: Optional[Mapping[str, Mapping[str, str]]] = None) -> dict:
+    def get(name: str, registered: Mapping[str, Mapping[str, str]] | None = None) -> dict:
         """{"factory": dataset class name, "args": {...}} for a catalog name or a name in `registered`."""
         registered = registered or {}
         attrs = registered.get(name) or DatasetCatalog.DATASETS.get(name)

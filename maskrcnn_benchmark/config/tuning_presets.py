@@ -3,19 +3,19 @@
 Each preset sets the freeze, linear-probe and prompt-layer keys to the official values; the model builder then
 freezes accordingly (modeling/detector/generalized_vl_rcnn.py).
 """
-from typing import Any, Dict
+from typing import Any
 
 _FREEZE_KEYS = ("MODEL.BACKBONE.FREEZE", "MODEL.FPN.FREEZE", "MODEL.RPN.FREEZE", "MODEL.LINEAR_PROB",
                 "MODEL.DYHEAD.FUSE_CONFIG.ADD_LINEAR_LAYER", "MODEL.LANGUAGE_BACKBONE.FREEZE")
 
 
-def _preset(*values: bool, **extra: Any) -> Dict[str, Any]:
+def _preset(*values: bool, **extra: Any) -> dict[str, Any]:
     return dict(zip(_FREEZE_KEYS, values), **{key.replace("__", "."): value for key, value in extra.items()})
 
 
 # Preset -> key -> value, in the order of _FREEZE_KEYS: backbone, FPN, head frozen; linear probe; prompt layer
 # (a learnt offset per token position); language backbone frozen.
-TUNING_PRESETS: Dict[str, Dict[str, Any]] = {
+TUNING_PRESETS: dict[str, dict[str, Any]] = {
     "full": _preset(False, False, False, False, False, False),
     # The official preset also turns off gradient checkpointing of the head.
     "linear_prob": _preset(True, True, False, True, False, True, MODEL__DYHEAD__USE_CHECKPOINT=False),

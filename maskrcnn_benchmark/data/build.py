@@ -3,7 +3,8 @@ import bisect
 import json
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch.utils.data
 import yaml
@@ -12,8 +13,8 @@ from transformers import PreTrainedTokenizerBase
 
 from maskrcnn_benchmark.config.compat import check_supported
 from maskrcnn_benchmark.config.paths_catalog import DatasetCatalog
-from maskrcnn_benchmark.text import build_tokenizer
 from maskrcnn_benchmark.solver.build import max_iter_from_epochs
+from maskrcnn_benchmark.text import build_tokenizer
 from maskrcnn_benchmark.utils.comm import get_world_size
 
 from . import datasets as D
@@ -35,7 +36,7 @@ def compute_max_iter(cfg, dataset_len: int) -> int:
     return cfg.SOLVER.MAX_ITER
 
 
-def load_list_option(value: Union[str, Sequence[dict]], key: str) -> List[dict]:
+def load_list_option(value: str | Sequence[dict], key: str) -> list[dict]:
     """A list of dicts given inline, as a JSON string, or as the path of a YAML/JSON file """
     if not isinstance(value, str):
         return [dict(item) for item in value]
@@ -48,16 +49,16 @@ def load_list_option(value: Union[str, Sequence[dict]], key: str) -> List[dict]:
         raise ValueError(f"{key} is neither a file nor a JSON list: {value[:80]!r}") from err
 
 
-def registered_datasets(cfg, is_train: bool) -> Dict[str, Dict[str, str]]:
+def registered_datasets(cfg, is_train: bool) -> dict[str, dict[str, str]]:
     """DATASETS.REGISTER entries keyed by name + TRAIN/TEST_DATASETNAME_SUFFIX, as GLIP registers them."""
     suffix = cfg.DATASETS.TRAIN_DATASETNAME_SUFFIX if is_train else cfg.DATASETS.TEST_DATASETNAME_SUFFIX
     return {name + suffix: dict(attrs) for name, attrs in cfg.DATASETS.REGISTER.items()}
 
 
-def dataset_options(cfg, factory: str, is_train: bool, tokenizer: PreTrainedTokenizerBase) -> Dict[str, Any]:
+def dataset_options(cfg, factory: str, is_train: bool, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """Constructor arguments (besides paths and transforms) that the config gives a dataset class."""
     datasets_cfg = cfg.DATASETS
-    options: Dict[str, Any] = {}
+    options: dict[str, Any] = {}
     if datasets_cfg.USE_OVERRIDE_CATEGORY and datasets_cfg.OVERRIDE_CATEGORY:
         options["override_category"] = load_list_option(datasets_cfg.OVERRIDE_CATEGORY, "OVERRIDE_CATEGORY")
     if factory == "COCODataset":
@@ -86,8 +87,8 @@ def _check_dataset_config(cfg, dataset_names: Sequence[str]) -> None:
     check_supported(cfg, ("DATASETS", "DATALOADER", "INPUT", "AUGMENT"))  # the data options that are not built
 
 
-def build_dataset(cfg, dataset_names: Sequence[str], transforms: Optional[Callable],
-                  tokenizer: PreTrainedTokenizerBase, is_train: bool = True) -> List[Dataset]:
+def build_dataset(cfg, dataset_names: Sequence[str], transforms: Callable | None,
+                  tokenizer: PreTrainedTokenizerBase, is_train: bool = True) -> list[Dataset]:
     """One dataset per name (test), or a single (concatenated) training dataset in a list."""
     _check_dataset_config(cfg, dataset_names)
     suffix = cfg.DATASETS.TRAIN_DATASETNAME_SUFFIX if is_train else cfg.DATASETS.TEST_DATASETNAME_SUFFIX
@@ -113,8 +114,8 @@ def build_dataset(cfg, dataset_names: Sequence[str], transforms: Optional[Callab
     return [datasets[0] if len(datasets) == 1 else D.ConcatDataset(datasets)]
 
 
-def make_data_sampler(dataset: Dataset, shuffle: bool, distributed: bool, num_replicas: Optional[int] = None,
-                      rank: Optional[int] = None, use_random_seed: bool = False) -> torch.utils.data.Sampler:
+def make_data_sampler(dataset: Dataset, shuffle: bool, distributed: bool, num_replicas: int | None = None,
+                      rank: int | None = None, use_random_seed: bool = False) -> torch.utils.data.Sampler:
     """DistributedSampler when distributed or shuffling (one replica), else a sequential sampler.
 
     A single process shuffles like one replica of a distributed run (each pass seeded with the iteration where it
@@ -128,7 +129,7 @@ def make_data_sampler(dataset: Dataset, shuffle: bool, distributed: bool, num_re
     return torch.utils.data.SequentialSampler(dataset)
 
 
-def _aspect_ratio_groups(dataset: Dataset, bins: Sequence[float]) -> List[int]:
+def _aspect_ratio_groups(dataset: Dataset, bins: Sequence[float]) -> list[int]:
     """Group id of each image: the bin of its height / width ratio."""
     bins = sorted(bins)
     groups = []
@@ -139,7 +140,7 @@ def _aspect_ratio_groups(dataset: Dataset, bins: Sequence[float]) -> List[int]:
 
 
 def make_batch_data_sampler(dataset: Dataset, sampler: torch.utils.data.Sampler, aspect_grouping: Sequence[float],
-                            images_per_batch: int, num_iters: Optional[int] = None, start_iter: int = 0,
+                            images_per_batch: int, num_iters: int | None = None, start_iter: int = 0,
                             drop_last: bool = False) -> torch.utils.data.BatchSampler:
     """Batches (grouped by aspect ratio when `aspect_grouping` holds bin edges), repeated for `num_iters`."""
     if aspect_grouping:
@@ -163,8 +164,8 @@ def _pins_memory(device: str) -> bool:
     return str(device).startswith("cuda") and torch.cuda.is_available()
 
 
-def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, num_replicas: Optional[int] = None,
-                     rank: Optional[int] = None, start_iter: int = 0) -> Union[DataLoader, List[DataLoader]]:
+def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, num_replicas: int | None = None,
+                     rank: int | None = None, start_iter: int = 0) -> DataLoader | list[DataLoader]:
     """The training DataLoader (is_train), or one test DataLoader per name in DATASETS.TEST.
 
     Training batches run for `compute_max_iter(cfg, len(dataset))` iterations (`loader.batch_sampler.

@@ -1,12 +1,13 @@
 """Collation of dataset samples into the batch the GLIP trainer and evaluator consume."""
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from maskrcnn_benchmark.text import tokenize_captions
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
+from maskrcnn_benchmark.text import tokenize_captions
 
 
 class CollatedBatch(NamedTuple):
@@ -18,13 +19,13 @@ class CollatedBatch(NamedTuple):
     """
 
     images: ImageList
-    targets: Tuple[BoxList, ...]
-    img_ids: Tuple[int, ...]
-    positive_map: Optional[torch.Tensor]
-    positive_map_eval: Optional[torch.Tensor]
-    greenlight_map: Optional[torch.Tensor]
-    captions: Optional[List[str]]
-    tokenized: Optional[Dict[str, torch.Tensor]]
+    targets: tuple[BoxList, ...]
+    img_ids: tuple[int, ...]
+    positive_map: torch.Tensor | None
+    positive_map_eval: torch.Tensor | None
+    greenlight_map: torch.Tensor | None
+    captions: list[str] | None
+    tokenized: dict[str, torch.Tensor] | None
 
 
 def concat_token_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -38,7 +39,7 @@ def concat_token_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return batched.float()
 
 
-def _field_of_all(targets: Sequence[BoxList], name: str) -> Optional[list]:
+def _field_of_all(targets: Sequence[BoxList], name: str) -> list | None:
     if not all(target.has_field(name) for target in targets):
         return None
     return [target.get_field(name) for target in targets]
@@ -52,7 +53,7 @@ class BatchCollator:
     tokenised with `max_query_len` / `pad_max`.
     """
 
-    def __init__(self, size_divisible: int = 0, tokenizer: Optional[PreTrainedTokenizerBase] = None,
+    def __init__(self, size_divisible: int = 0, tokenizer: PreTrainedTokenizerBase | None = None,
                  max_query_len: int = 256, pad_max: bool = True) -> None:
         self.size_divisible = size_divisible
         self.tokenizer = tokenizer

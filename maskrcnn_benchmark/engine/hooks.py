@@ -4,7 +4,8 @@ Each hook keeps its state in the loop's `arguments`, which travel in every check
 continues with the same best AP, patience count and schedule.
 """
 import logging
-from typing import Any, Callable, Dict, List
+from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger("maskrcnn_benchmark.trainer")
 
@@ -12,15 +13,15 @@ logger = logging.getLogger("maskrcnn_benchmark.trainer")
 class TrainingHook:
     """Base hook: each method does nothing unless a subclass overrides it."""
 
-    def before_train(self, arguments: Dict[str, Any]) -> bool:
+    def before_train(self, arguments: dict[str, Any]) -> bool:
         """Called once before the first iteration of this run (also on resume); True: train no further."""
         return False
 
-    def after_evaluation(self, iteration: int, average_precision: float, arguments: Dict[str, Any]) -> bool:
+    def after_evaluation(self, iteration: int, average_precision: float, arguments: dict[str, Any]) -> bool:
         """Called after each evaluation during training; True asks the loop to stop."""
         return False
 
-    def after_train(self, arguments: Dict[str, Any]) -> None:
+    def after_train(self, arguments: dict[str, Any]) -> None:
         """Called once after the last iteration of this run."""
 
 
@@ -32,10 +33,10 @@ class BestModelHook(TrainingHook):
     `save` writes a named checkpoint of the current state with `arguments` (a collective under DDP).
     """
 
-    def __init__(self, save: Callable[[str, Dict[str, Any]], None]):
+    def __init__(self, save: Callable[[str, dict[str, Any]], None]):
         self.save = save
 
-    def after_evaluation(self, iteration: int, average_precision: float, arguments: Dict[str, Any]) -> bool:
+    def after_evaluation(self, iteration: int, average_precision: float, arguments: dict[str, Any]) -> bool:
         """Save model_best when `average_precision` is not below the best so far, else count the evaluation."""
         best = arguments.setdefault("best_eval", {"iteration": 0, "ap": 0.0})
         if average_precision < best["ap"]:
@@ -55,7 +56,7 @@ class AutoStepHook(TrainingHook):
         self.scheduler = scheduler
         self.optimizer = optimizer
 
-    def after_evaluation(self, iteration: int, average_precision: float, arguments: Dict[str, Any]) -> bool:
+    def after_evaluation(self, iteration: int, average_precision: float, arguments: dict[str, Any]) -> bool:
         """Step the schedule with the AP and log when it lowered the learning rate."""
         before = [group["lr"] for group in self.optimizer.param_groups]
         self.scheduler.step(average_precision)
@@ -75,7 +76,7 @@ class EarlyTerminationHook(TrainingHook):
     def __init__(self, patience: int):
         self.patience = patience
 
-    def before_train(self, arguments: Dict[str, Any]) -> bool:
+    def before_train(self, arguments: dict[str, Any]) -> bool:
         """True when resuming from the checkpoint of a run that already terminated early (it stays finished)."""
         if "auto_terminated_at" not in arguments:
             return False
@@ -84,7 +85,7 @@ class EarlyTerminationHook(TrainingHook):
                     arguments["auto_terminated_at"])
         return True
 
-    def after_evaluation(self, iteration: int, average_precision: float, arguments: Dict[str, Any]) -> bool:
+    def after_evaluation(self, iteration: int, average_precision: float, arguments: dict[str, Any]) -> bool:
         """True (stop) when the evaluations since the best reach the patience."""
         waited = arguments.get("evaluations_since_best", 0)
         if waited < self.patience:
@@ -96,9 +97,9 @@ class EarlyTerminationHook(TrainingHook):
         return True
 
 
-def validation_hooks(cfg, scheduler, optimizer, save: Callable[[str, Dict[str, Any]], None]) -> List[TrainingHook]:
+def validation_hooks(cfg, scheduler, optimizer, save: Callable[[str, dict[str, Any]], None]) -> list[TrainingHook]:
     """The hooks the config asks for when evaluating during training, in the official order."""
-    hooks: List[TrainingHook] = []
+    hooks: list[TrainingHook] = []
     if cfg.SOLVER.USE_AUTOSTEP:
         hooks.append(AutoStepHook(scheduler, optimizer))
     hooks.append(BestModelHook(save))

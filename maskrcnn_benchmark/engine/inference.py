@@ -3,7 +3,7 @@ import datetime
 import logging
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -20,21 +20,21 @@ from maskrcnn_benchmark.data.evaluation.coco_eval import require_box_annotations
 from maskrcnn_benchmark.data.evaluation.flickr_eval import FlickrGroundTruth, evaluate_flickr_recall, write_flickr_csv
 from maskrcnn_benchmark.data.evaluation.lvis_eval import do_lvis_evaluation
 from maskrcnn_benchmark.layers.deform_conv import NonFiniteOffsetError
-from maskrcnn_benchmark.text import build_tokenizer, tokenize_captions
 from maskrcnn_benchmark.structures.bounding_box import BoxList
-from maskrcnn_benchmark.structures.image_list import ImageList
 from maskrcnn_benchmark.structures.boxlist_ops import cat_boxlist
+from maskrcnn_benchmark.structures.image_list import ImageList
+from maskrcnn_benchmark.text import build_tokenizer, tokenize_captions
 from maskrcnn_benchmark.utils.comm import get_world_size, is_main_process, synchronize
 
 logger = logging.getLogger("maskrcnn_benchmark.inference")
 
-CharSpan = Tuple[int, int]
-LabelToTokens = Dict[int, List[int]]
+CharSpan = tuple[int, int]
+LabelToTokens = dict[int, list[int]]
 
 
 def build_detection_prompt(names: Sequence[str], separation_tokens: str,
-                           caption_prompt: Optional[Sequence[dict]] = None,
-                           additional_labels: Optional[Sequence[str]] = None) -> Tuple[str, List[List[CharSpan]]]:
+                           caption_prompt: Sequence[dict] | None = None,
+                           additional_labels: Sequence[str] | None = None) -> tuple[str, list[list[CharSpan]]]:
     """The caption listing `names` (or the caption prompt's prefix/name/suffix entries) and each name's char span.
 
     The caption prompt's names are used as written (training cleans them), as in the official evaluation.
@@ -60,7 +60,7 @@ def check_prompt_fits(label_to_tokens: LabelToTokens, max_query_len: int, captio
 
 
 def create_queries_and_maps(labels: Sequence[int], label_list: Sequence[str], cfg, tokenizer=None,
-                            additional_labels: Optional[Sequence[str]] = None) -> Tuple[str, LabelToTokens]:
+                            additional_labels: Sequence[str] | None = None) -> tuple[str, LabelToTokens]:
     """The detection prompt of these classes and its label -> token indices map (keys are `labels`)."""
     names = [clean_name(name) for name in label_list]
     use_prompt = cfg.DATASETS.USE_CAPTION_PROMPT and cfg.DATASETS.CAPTION_PROMPT
@@ -74,7 +74,7 @@ def create_queries_and_maps(labels: Sequence[int], label_list: Sequence[str], cf
     return caption, label_to_tokens
 
 
-def create_queries_and_maps_from_dataset(dataset, cfg, tokenizer=None) -> Tuple[List[str], List[LabelToTokens]]:
+def create_queries_and_maps_from_dataset(dataset, cfg, tokenizer=None) -> tuple[list[str], list[LabelToTokens]]:
     """One prompt for all the dataset's classes, or one per TEST.CHUNKED_EVALUATION classes (label order)."""
     categories = dataset.categories()
     labels = sorted(categories)
@@ -99,8 +99,8 @@ def create_positive_map_label_to_token_from_positive_map(positive_map: torch.Ten
             for row in range(len(positive_map))}
 
 
-def accumulate_predictions_from_multiple_gpus(predictions_per_gpu: Dict[int, BoxList]
-                                              ) -> Optional[Dict[int, BoxList]]:
+def accumulate_predictions_from_multiple_gpus(predictions_per_gpu: dict[int, BoxList]
+                                              ) -> dict[int, BoxList] | None:
     """Gather every rank's {dataset index: BoxList} on rank 0 (None on the other ranks)."""
     world_size = get_world_size()
     if world_size == 1:
@@ -110,7 +110,7 @@ def accumulate_predictions_from_multiple_gpus(predictions_per_gpu: Dict[int, Box
         torch.distributed.gather_object(predictions_per_gpu, gathered, dst=0)
     if not is_main_process():
         return None
-    predictions: Dict[int, BoxList] = {}
+    predictions: dict[int, BoxList] = {}
     for part in gathered:
         predictions.update(part)
     indices = sorted(predictions)
@@ -136,7 +136,7 @@ class PromptedDetector:
         ]
 
     @torch.no_grad()
-    def __call__(self, images) -> List[BoxList]:
+    def __call__(self, images) -> list[BoxList]:
         """Detections of every prompt, concatenated per image, on the CPU (model input coordinates)."""
         images = images.to(self.device)
         batch_size = images.tensors.shape[0]
@@ -159,9 +159,9 @@ def _describe_images(dataset, indices: Sequence[int]) -> str:
     return f"the images {names} (dataset indices {list(indices)})"
 
 
-def _run_model(detector: PromptedDetector, data_loader, subset: int, verbose: bool) -> Dict[int, BoxList]:
+def _run_model(detector: PromptedDetector, data_loader, subset: int, verbose: bool) -> dict[int, BoxList]:
     """{dataset index: detections} over the loader (the first `subset` batches when subset >= 0)."""
-    results: Dict[int, BoxList] = {}
+    results: dict[int, BoxList] = {}
     batches = tqdm(data_loader, disable=not (verbose and is_main_process()))
     for i, batch in enumerate(batches):
         if i == subset:
@@ -212,8 +212,8 @@ def phrase_boxes(detections: BoxList, target: BoxList, image_info: dict) -> dict
     """One sentence's ranked boxes per phrase (label k + 1 is phrase k) in original pixels (xyxy), best first."""
     detections = detections.resize((image_info["width"], image_info["height"])).convert("xyxy")
     num_phrases = len(target.get_field("positive_map_eval"))
-    boxes: List[List[List[float]]] = [[] for _ in range(num_phrases)]
-    scores: List[List[float]] = [[] for _ in range(num_phrases)]
+    boxes: list[list[list[float]]] = [[] for _ in range(num_phrases)]
+    scores: list[list[float]] = [[] for _ in range(num_phrases)]
     order = torch.argsort(detections.get_field("scores"), descending=True, stable=True).tolist()
     all_boxes, all_scores = detections.bbox.tolist(), detections.get_field("scores").tolist()
     for i in order:
@@ -225,11 +225,11 @@ def phrase_boxes(detections: BoxList, target: BoxList, image_info: dict) -> dict
 
 
 @torch.no_grad()
-def _ground_phrases(model: nn.Module, data_loader, cfg, device: torch.device, verbose: bool) -> Dict[int, dict]:
+def _ground_phrases(model: nn.Module, data_loader, cfg, device: torch.device, verbose: bool) -> dict[int, dict]:
     """{dataset index: phrase_boxes} over the loader; each image is run alone with its own caption."""
     tokenizer = build_tokenizer(cfg)
     language = cfg.MODEL.LANGUAGE_BACKBONE
-    results: Dict[int, dict] = {}
+    results: dict[int, dict] = {}
     for i, batch in enumerate(tqdm(data_loader, disable=not (verbose and is_main_process()))):
         if i == cfg.TEST.SUBSET:
             break
@@ -249,7 +249,7 @@ def _ground_phrases(model: nn.Module, data_loader, cfg, device: torch.device, ve
 
 
 def grounding_inference(model: nn.Module, data_loader, dataset_name: str, device: torch.device,
-                        output_folder: Optional[str], cfg, verbose: bool = True) -> Dict[str, float] | None:
+                        output_folder: str | None, cfg, verbose: bool = True) -> dict[str, float] | None:
     """Ground each Flickr30k sentence's phrases and return the recall scores on rank 0 (None elsewhere).
 
     Writes `predictions.pth` (the ranked boxes per phrase) and the official `bbox.csv` into `output_folder`.
@@ -280,7 +280,7 @@ def grounding_inference(model: nn.Module, data_loader, dataset_name: str, device
 
 def inference(model: nn.Module, data_loader, dataset_name: str, iou_types: Sequence[str] = ("bbox",),
               box_only: bool = False, device="cuda", expected_results: Sequence = (),
-              expected_results_sigma_tol: float = 4, output_folder: Optional[str] = None, cfg=None,
+              expected_results_sigma_tol: float = 4, output_folder: str | None = None, cfg=None,
               verbose: bool = True):
     """Detect the dataset's classes in every image of the loader and evaluate on rank 0 (None elsewhere).
 

@@ -9,7 +9,7 @@ runner applies the PyTorch model's own ATSS post-processor to the session's outp
 import dataclasses
 import logging
 import os
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -34,7 +34,7 @@ OUTPUT_KINDS = ("box_regression", "centerness", "token_logits")
 INSTALL_HINT = 'pip install -e ".[export]" (onnx, onnxscript, onnxruntime)'
 
 
-def output_names(num_levels: int) -> List[str]:
+def output_names(num_levels: int) -> list[str]:
     """Graph output names: box_regression_0.., centerness_0.., token_logits_0.. (one per FPN level)."""
     return [f"{kind}_{level}" for kind in OUTPUT_KINDS for level in range(num_levels)]
 
@@ -50,7 +50,7 @@ class GLIPInferenceGraph(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+                attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-level box regression, centerness logits and token logits (see the module docstring)."""
         language = self.model.encode_language({"input_ids": input_ids, "attention_mask": attention_mask})
         rpn = self.model.rpn
@@ -66,7 +66,7 @@ def export_plan() -> ExecutionPlan:
     return dataclasses.replace(REFERENCE_PLAN, name="export")
 
 
-def trace_inference_graph(model: nn.Module, image_size: Tuple[int, int]) -> torch.export.ExportedProgram:
+def trace_inference_graph(model: nn.Module, image_size: tuple[int, int]) -> torch.export.ExportedProgram:
     """torch.export program of GLIPInferenceGraph for (height, width) images; the model's plan is restored."""
     height, width = image_size
     divisor = max(model.cfg.DATALOADER.SIZE_DIVISIBILITY, 1)
@@ -88,7 +88,7 @@ def trace_inference_graph(model: nn.Module, image_size: Tuple[int, int]) -> torc
         model.train(was_training)
 
 
-def export_onnx(model: nn.Module, path: str, image_size: Tuple[int, int], opset: int = DEFAULT_OPSET,
+def export_onnx(model: nn.Module, path: str, image_size: tuple[int, int], opset: int = DEFAULT_OPSET,
                 program_path: str | None = None) -> str:
     """Write the ONNX file of the model's inference graph for (height, width) images (and, with
     `program_path`, the torch.export program as a .pt2 file); return `path`."""
@@ -143,7 +143,7 @@ class ONNXRunner(GLIPPredictor):
         self.anchor_generator = make_anchor_generator_complex(cfg)
         self.box_selector = make_atss_postprocessor(cfg, make_box_coder(), is_train=False)
 
-    def _forward(self, inputs: Sequence[PreparedInput]) -> List[BoxList]:
+    def _forward(self, inputs: Sequence[PreparedInput]) -> list[BoxList]:
         return [self._run_one(item) for item in inputs]
 
     def _run_one(self, item: PreparedInput) -> BoxList:

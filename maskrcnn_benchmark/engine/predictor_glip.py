@@ -1,24 +1,24 @@
 """Inference API: detect the phrases of a text prompt in one image (the role of the official GLIPDemo)."""
 import logging
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from maskrcnn_benchmark.data.transforms import build_transforms
-from maskrcnn_benchmark.modeling.detector import build_detection_model
-from maskrcnn_benchmark.text import build_tokenizer, tokenize_captions
-from maskrcnn_benchmark.structures.bounding_box import BoxList
-from maskrcnn_benchmark.structures.image_list import to_image_list
-from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer, missing_weights_error
-from maskrcnn_benchmark.utils.device import resolve_device
-from maskrcnn_benchmark.utils.drawing import draw_labelled_boxes, enlarge, enlargement_factor
-
 from maskrcnn_benchmark.data.datasets.coco import to_rgb, transform_image
 from maskrcnn_benchmark.data.datasets.od_to_grounding import join_names
 from maskrcnn_benchmark.data.datasets.positive_maps import create_positive_dict
+from maskrcnn_benchmark.data.transforms import build_transforms
+from maskrcnn_benchmark.modeling.detector import build_detection_model
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.image_list import to_image_list
+from maskrcnn_benchmark.text import build_tokenizer, tokenize_captions
+from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer, missing_weights_error
+from maskrcnn_benchmark.utils.device import resolve_device
+from maskrcnn_benchmark.utils.drawing import draw_labelled_boxes, enlarge, enlargement_factor
 
 from .inference import CharSpan, LabelToTokens, check_prompt_fits
 
@@ -27,10 +27,10 @@ logger = logging.getLogger(__name__)
 # Between the names of a list prompt, as in the official demo (which also ends the caption with it).
 NAME_SEPARATOR = " . "
 
-ImageInput = Union[Image.Image, np.ndarray]
+ImageInput = Image.Image | np.ndarray
 
 
-def build_caption(caption: Union[str, Sequence[str]]) -> Tuple[str, List[str], List[List[CharSpan]]]:
+def build_caption(caption: str | Sequence[str]) -> tuple[str, list[str], list[list[CharSpan]]]:
     """The caption string, its phrases and each phrase's char spans.
 
     A list of names becomes "name1 . name2 . " (the official demo's list prompt), one phrase per name. A string
@@ -66,16 +66,16 @@ class PreparedInput(NamedTuple):
     """One image and prompt made ready for the model."""
 
     tensor: torch.Tensor  # the transformed image
-    size: Tuple[int, int]  # (width, height) of the input image, the boxes' final coordinates
+    size: tuple[int, int]  # (width, height) of the input image, the boxes' final coordinates
     text: str
-    names: List[str]
+    names: list[str]
     label_to_tokens: LabelToTokens
 
 
 class GLIPPredictor:
     """Runs a GLIP model on an RGB image and a prompt; boxes come back in the image's own pixel coordinates."""
 
-    def __init__(self, cfg, model: Optional[nn.Module] = None, weight: Optional[str] = None):
+    def __init__(self, cfg, model: nn.Module | None = None, weight: str | None = None):
         self.cfg = cfg.clone()
         self.device = resolve_device(cfg.MODEL.DEVICE)
         if model is None:
@@ -94,7 +94,7 @@ class GLIPPredictor:
         self.max_query_len = cfg.MODEL.LANGUAGE_BACKBONE.MAX_QUERY_LEN
         self.pad_max = cfg.MODEL.LANGUAGE_BACKBONE.PAD_MAX
 
-    def prompt(self, caption: Union[str, Sequence[str]]) -> Tuple[str, List[str], LabelToTokens]:
+    def prompt(self, caption: str | Sequence[str]) -> tuple[str, list[str], LabelToTokens]:
         """Caption string, phrase names (label i is names[i-1]) and the label -> token indices map."""
         text, names, spans = build_caption(caption)
         tokenized = self.tokenizer(text, return_tensors="pt")
@@ -103,7 +103,7 @@ class GLIPPredictor:
         return text, names, label_to_tokens
 
     @torch.no_grad()
-    def predict(self, image: ImageInput, caption: Union[str, Sequence[str]], threshold: float = 0.5,
+    def predict(self, image: ImageInput, caption: str | Sequence[str], threshold: float = 0.5,
                 source: str | None = None) -> BoxList:
         """Detections scoring above `threshold`, best first, with fields scores, labels and label_names (list).
 
@@ -113,9 +113,9 @@ class GLIPPredictor:
         return self.predict_batch([image], [caption], threshold, None if source is None else [source])[0]
 
     @torch.no_grad()
-    def predict_batch(self, images: Sequence[ImageInput], captions: Sequence[Union[str, Sequence[str]]],
+    def predict_batch(self, images: Sequence[ImageInput], captions: Sequence[str | Sequence[str]],
                       threshold: float = 0.5, sources: Sequence[str] | None = None,
-                      batch_size: int = 8) -> List[BoxList]:
+                      batch_size: int = 8) -> list[BoxList]:
         """`predict` for a list of images with one prompt each, up to `batch_size` images per forward pass.
 
         Images are batched with the others of the same padded size only: padding would enter the Swin windows,
@@ -134,7 +134,7 @@ class GLIPPredictor:
         groups: dict = {}
         for index, item in enumerate(inputs):
             groups.setdefault(self._padded_size(item.tensor), []).append(index)
-        results: List[BoxList | None] = [None] * len(inputs)
+        results: list[BoxList | None] = [None] * len(inputs)
         for indices in groups.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start:start + batch_size]
@@ -142,7 +142,7 @@ class GLIPPredictor:
                     results[index] = self._finish(prediction, inputs[index], threshold)
         return results
 
-    def _prepare(self, image: ImageInput, caption: Union[str, Sequence[str]], source: str) -> "PreparedInput":
+    def _prepare(self, image: ImageInput, caption: str | Sequence[str], source: str) -> "PreparedInput":
         pil_image = _to_pil(image)
         text, names, label_to_tokens = self.prompt(caption)
         if not label_to_tokens:
@@ -150,11 +150,11 @@ class GLIPPredictor:
         tensor = transform_image(self.transforms, pil_image, None, source)
         return PreparedInput(tensor, pil_image.size, text, names, label_to_tokens)
 
-    def _padded_size(self, tensor: torch.Tensor) -> Tuple[int, int]:
+    def _padded_size(self, tensor: torch.Tensor) -> tuple[int, int]:
         divisor = max(self.size_divisibility, 1)
         return tuple(-(-side // divisor) * divisor for side in tensor.shape[1:])
 
-    def _forward(self, inputs: Sequence["PreparedInput"]) -> List[BoxList]:
+    def _forward(self, inputs: Sequence["PreparedInput"]) -> list[BoxList]:
         images = to_image_list([item.tensor for item in inputs], self.size_divisibility).to(self.device)
         texts = [item.text for item in inputs]
         tokenized = tokenize_captions(self.tokenizer, texts, self.max_query_len, self.pad_max).to(self.device)
@@ -173,7 +173,7 @@ class GLIPPredictor:
         return prediction
 
 
-def draw_predictions(image: ImageInput, prediction: BoxList, color: Tuple[int, int, int] = (255, 0, 0),
+def draw_predictions(image: ImageInput, prediction: BoxList, color: tuple[int, int, int] = (255, 0, 0),
                      width: int = 2, min_side: int = 0) -> Image.Image:
     """A copy of the image with each box and its "name:score" label (contrasting text on a filled box) drawn.
 

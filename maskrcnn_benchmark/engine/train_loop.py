@@ -5,7 +5,8 @@ engine/trainer.py's `do_train`, and evaluation during training, model_best, the 
 are its hooks (engine/hooks.py).
 """
 import logging
-from typing import Any, Dict, Iterable, List
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,10 +54,10 @@ class Trainer:
     """
 
     def __init__(self, cfg, model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer, scheduler,
-                 checkpointer, device: torch.device, arguments: Dict[str, Any], *,
+                 checkpointer, device: torch.device, arguments: dict[str, Any], *,
                  scaler: torch.amp.GradScaler | None = None, model_ema: ModelEma | None = None,
                  val_data_loader: Iterable | None = None, meters: MetricLogger | None = None,
-                 hooks: List[TrainingHook] | None = None):
+                 hooks: list[TrainingHook] | None = None):
         self.cfg = cfg
         self.model = model
         self.data_loader = data_loader
@@ -76,7 +77,7 @@ class Trainer:
         """The model without its DistributedDataParallel wrapper."""
         return self.model.module if hasattr(self.model, "module") else self.model
 
-    def train(self, early_stop_iteration: int = -1) -> Dict[str, Any]:
+    def train(self, early_stop_iteration: int = -1) -> dict[str, Any]:
         """Train from the current iteration to the end (or `early_stop_iteration`); returns the state."""
         return do_train(self.cfg, self.model, self.data_loader, self.optimizer, self.scheduler, self.checkpointer,
                         self.device, checkpoint_period_of(self.cfg, len(self.data_loader)), self.arguments,
@@ -124,7 +125,7 @@ class Trainer:
                    model_ema=model_ema, val_data_loader=val_data_loader, meters=meters)
 
 
-def load_or_resume(cfg, checkpointer, resume: bool, restart: bool, skip_optimizer: bool) -> Dict[str, Any]:
+def load_or_resume(cfg, checkpointer, resume: bool, restart: bool, skip_optimizer: bool) -> dict[str, Any]:
     """The training state after loading MODEL.WEIGHT, or after resuming OUTPUT_DIR (never with `restart`)."""
     resuming = checkpointer.has_checkpoint() and not restart
     if restart and checkpointer.has_checkpoint():
@@ -140,7 +141,7 @@ def load_or_resume(cfg, checkpointer, resume: bool, restart: bool, skip_optimize
     return arguments
 
 
-def build_ema(cfg, model: nn.Module, arguments: Dict[str, Any]) -> ModelEma | None:
+def build_ema(cfg, model: nn.Module, arguments: dict[str, Any]) -> ModelEma | None:
     """SOLVER.MODEL_EMA's average, from the loaded weights (as officially); a resumed run's average restored."""
     if cfg.SOLVER.MODEL_EMA <= 0:
         return None

@@ -4,15 +4,15 @@ import logging
 import math
 import os
 import time
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from maskrcnn_benchmark.layers.deform_conv import NonFiniteOffsetError
 from maskrcnn_benchmark.utils.amp import amp_dtype, autocast
-from maskrcnn_benchmark.utils.comm import all_gather, any_rank, broadcast_object, get_rank, is_main_process, \
-    reduce_dict
+from maskrcnn_benchmark.utils.comm import all_gather, any_rank, broadcast_object, get_rank, is_main_process, reduce_dict
 from maskrcnn_benchmark.utils.device import peak_memory_mb
 from maskrcnn_benchmark.utils.ema import ModelEma, unwrap_model
 from maskrcnn_benchmark.utils.metric_logger import MetricLogger
@@ -31,7 +31,7 @@ class NoTrainingStepError(RuntimeError):
     """A run reached its last iteration without a single optimizer step (every batch or step was skipped)."""
 
 
-def reduce_loss_dict(loss_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def reduce_loss_dict(loss_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each loss averaged over all processes, available on every process."""
     return reduce_dict(loss_dict, average=True)
 
@@ -53,7 +53,7 @@ def log_execution_plan(model: nn.Module) -> None:
 
 
 def forward_losses(model: nn.Module, batch: Any, device: torch.device, use_amp: bool,
-                   dtype: torch.dtype | None = None) -> Dict[str, torch.Tensor]:
+                   dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The model's loss dict for one collated batch, under autocast to `dtype` (default: the device's AMP dtype)
     when `use_amp`."""
     # Asynchronous copies: the loader pins its batches for accelerators (DataLoader pin_memory).
@@ -76,12 +76,12 @@ def gradient_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-def _scaling(scaler: Optional[torch.amp.GradScaler]) -> bool:
+def _scaling(scaler: torch.amp.GradScaler | None) -> bool:
     return scaler is not None and scaler.is_enabled()
 
 
 def backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-             scaler: Optional[torch.amp.GradScaler] = None) -> torch.Tensor:
+             scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """Fresh gradients of `loss`; returns the gradient norm to check before `apply_step` (without reading it).
 
     With an enabled loss scaler the gradients are unscaled here, so that the clipping inside the optimizer step
@@ -97,7 +97,7 @@ def backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
     return gradient_norm(optimizer)
 
 
-def apply_step(optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler] = None) -> None:
+def apply_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
     """The optimizer step after `backward` (through the scaler, which skips it when the gradients overflowed)."""
     if _scaling(scaler):
         scaler.step(optimizer)
@@ -106,14 +106,14 @@ def apply_step(optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.Grad
         optimizer.step()
 
 
-def drop_step(scaler: Optional[torch.amp.GradScaler] = None) -> None:
+def drop_step(scaler: torch.amp.GradScaler | None = None) -> None:
     """Close a step that `backward` began but that is not applied (the scaler lowers its scale)."""
     if _scaling(scaler):
         scaler.update()
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                   scaler: Optional[torch.amp.GradScaler] = None) -> float:
+                   scaler: torch.amp.GradScaler | None = None) -> float:
     """Backward pass and one optimizer step; returns the gradient norm (not stepped when it is non-finite).
 
     With an enabled loss scaler, the scaler itself skips steps whose scaled gradients overflowed (that is
@@ -127,7 +127,7 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
     return norm
 
 
-def nonfinite_message(iteration: int, losses: Dict[str, float], what: str = "loss") -> str:
+def nonfinite_message(iteration: int, losses: dict[str, float], what: str = "loss") -> str:
     """What the log says about a non-finite loss (or gradient): the iteration and every loss value."""
     values = ", ".join(f"{name} = {value:.6g}" for name, value in losses.items())
     return f"Non-finite {what} at iteration {iteration}: {values}"
@@ -200,7 +200,7 @@ def log_training_summary(total_time: float, iterations: int, iteration_seconds: 
 
 
 def evaluate_model(cfg, model: nn.Module, data_loader: Iterable, device: torch.device,
-                   dataset_name: str = "val", output_folder: Optional[str] = None) -> float:
+                   dataset_name: str = "val", output_folder: str | None = None) -> float:
     """Box AP (COCO, LVIS) of `model` on `data_loader` via engine.inference, or Recall@1 over all phrases for
     TEST.EVAL_TASK grounding (Flickr30k); computed on rank 0 and shared with every process."""
     from .inference import inference
@@ -218,14 +218,14 @@ def evaluate_model(cfg, model: nn.Module, data_loader: Iterable, device: torch.d
     return broadcast_object(metric)
 
 
-def save_checkpoint(checkpointer, name: str, arguments: Dict[str, Any], tag_last: bool = True) -> None:
+def save_checkpoint(checkpointer, name: str, arguments: dict[str, Any], tag_last: bool = True) -> None:
     """Save `name` with every process's random-generator states (a collective: all processes call it);
     `tag_last` False leaves `last_checkpoint` where it was (model_best)."""
     rng_states = all_gather(get_rng_state())
     checkpointer.save(name, tag_last=tag_last, rng_states=rng_states, **arguments)
 
 
-def restore_rng_state(rng_states: Optional[List[Dict[str, Any]]]) -> None:
+def restore_rng_state(rng_states: list[dict[str, Any]] | None) -> None:
     """Restore this process's random generators from a checkpoint's per-process list."""
     if not rng_states:
         return
@@ -237,14 +237,14 @@ def restore_rng_state(rng_states: Optional[List[Dict[str, Any]]]) -> None:
                        len(rng_states), rank)
 
 
-def record_losses(history: Dict[str, List[float]], iteration: int, losses: Dict[str, float]) -> None:
+def record_losses(history: dict[str, list[float]], iteration: int, losses: dict[str, float]) -> None:
     """Append one iteration's losses to the loss history (kept in the checkpoints)."""
     history.setdefault("iteration", []).append(iteration)
     for name, value in losses.items():
         history.setdefault(name, []).append(value)
 
 
-def write_loss_curve(history: Dict[str, List[float]], output_dir: str) -> None:
+def write_loss_curve(history: dict[str, list[float]], output_dir: str) -> None:
     """loss_curve.png in `output_dir` from the loss history (rank 0)."""
     if not is_main_process() or not output_dir or not history.get("iteration"):
         return
@@ -266,14 +266,14 @@ def do_train(
     checkpointer,
     device: torch.device,
     checkpoint_period: int,
-    arguments: Dict[str, Any],
-    val_data_loader: Optional[Iterable] = None,
-    meters: Optional[MetricLogger] = None,
+    arguments: dict[str, Any],
+    val_data_loader: Iterable | None = None,
+    meters: MetricLogger | None = None,
     early_stop_iteration: int = -1,
-    scaler: Optional[torch.amp.GradScaler] = None,
-    model_ema: Optional[ModelEma] = None,
+    scaler: torch.amp.GradScaler | None = None,
+    model_ema: ModelEma | None = None,
     hooks: Sequence[TrainingHook] | None = None,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Train from arguments["iteration"] to len(data_loader) (or `early_stop_iteration`); returns `arguments`.
 
     A checkpoint is written every `checkpoint_period` iterations and at the end. With `val_data_loader`, the model
@@ -301,7 +301,7 @@ def do_train(
     data_iter = iter(data_loader)
     # After the loader's iterator exists (creating it draws from torch's generator), as at the checkpointed point.
     restore_rng_state(arguments.pop("rng_states", None))
-    iteration_seconds: List[float] = []  # each timed iteration of this run, for the throughput
+    iteration_seconds: list[float] = []  # each timed iteration of this run, for the throughput
     start_training_time = time.perf_counter()
     end = time.perf_counter()
     for iteration, batch in zip(range(start_iter + 1, stop_iter + 1), data_iter):
@@ -343,7 +343,7 @@ def do_train(
 
 
 def training_hooks(cfg, scheduler, optimizer: torch.optim.Optimizer, checkpointer,
-                   val_data_loader: Iterable | None) -> List[TrainingHook]:
+                   val_data_loader: Iterable | None) -> list[TrainingHook]:
     """The hooks of evaluation during training (none without a validation loader, with a warning when the
     config asks for the auto-step or early termination, which then never act)."""
     if val_data_loader is None:
@@ -356,7 +356,7 @@ def training_hooks(cfg, scheduler, optimizer: torch.optim.Optimizer, checkpointe
 
 
 def evaluate_during_training(cfg, model: nn.Module, model_ema: ModelEma | None, val_data_loader: Iterable,
-                             device: torch.device, iteration: int, arguments: Dict[str, Any],
+                             device: torch.device, iteration: int, arguments: dict[str, Any],
                              hooks: Sequence[TrainingHook]) -> bool:
     """Evaluate the model (its EMA with SOLVER.USE_EMA_FOR_MONITOR), record arguments["eval_result"] and give the
     AP to every hook; True when a hook stops the run. The model is back in training mode afterwards."""
@@ -369,7 +369,7 @@ def evaluate_during_training(cfg, model: nn.Module, model_ema: ModelEma | None, 
 
 
 def save_after_iteration(checkpointer, iteration: int, max_iter: int, checkpoint_period: int, last: bool,
-                         arguments: Dict[str, Any]) -> None:
+                         arguments: dict[str, Any]) -> None:
     """model_final at the schedule's end, else model_<iteration> every `checkpoint_period` and when `last`."""
     if iteration == max_iter:
         save_checkpoint(checkpointer, "model_final", arguments)
@@ -378,7 +378,7 @@ def save_after_iteration(checkpointer, iteration: int, max_iter: int, checkpoint
 
 
 def train_step(cfg, model: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, scheduler, device: torch.device,
-               scaler: Optional[torch.amp.GradScaler], model_ema: Optional[ModelEma], arguments: Dict[str, Any],
+               scaler: torch.amp.GradScaler | None, model_ema: ModelEma | None, arguments: dict[str, Any],
                meters: MetricLogger, iteration: int) -> None:
     """Forward, non-finite checks, backward, optimizer/scheduler/EMA step and loss bookkeeping for one batch."""
     try:
@@ -420,7 +420,7 @@ def train_step(cfg, model: nn.Module, batch: Any, optimizer: torch.optim.Optimiz
 
 
 def handle_nonfinite(cfg, message: str, optimizer: torch.optim.Optimizer, scheduler,
-                     arguments: Dict[str, Any]) -> None:
+                     arguments: dict[str, Any]) -> None:
     """Stop with NonFiniteLossError, or with SOLVER.SKIP_NONFINITE_STEPS drop this step and count it."""
     if not cfg.SOLVER.SKIP_NONFINITE_STEPS:
         raise NonFiniteLossError(message + ". Training stopped; the last checkpoint is intact. Set "
@@ -437,7 +437,7 @@ NO_BOX_CAUSE = ("Training images lose their boxes when their categories do not f
                 "no box survives the resizing and cropping")
 
 
-def skip_batch(cfg, iteration: int, arguments: Dict[str, Any]) -> None:
+def skip_batch(cfg, iteration: int, arguments: dict[str, Any]) -> None:
     """Count a batch skipped for having too many images without boxes, with a warning giving the running count."""
     arguments["skipped_batches"] += 1
     count = arguments["skipped_batches"]
@@ -446,7 +446,7 @@ def skip_batch(cfg, iteration: int, arguments: Dict[str, Any]) -> None:
                    "" if count == 1 else "es", f" {NO_BOX_CAUSE}." if count == 1 else "")
 
 
-def check_trained(cfg, iteration: int, arguments: Dict[str, Any]) -> None:
+def check_trained(cfg, iteration: int, arguments: dict[str, Any]) -> None:
     """Raise NoTrainingStepError when the run has reached its end without one optimizer step (resumes included)."""
     if arguments["loss_history"].get("iteration"):
         return
@@ -458,7 +458,7 @@ def check_trained(cfg, iteration: int, arguments: Dict[str, Any]) -> None:
         "fewer categories per caption, or check the annotations.")
 
 
-def log_skip_totals(arguments: Dict[str, Any]) -> None:
+def log_skip_totals(arguments: dict[str, Any]) -> None:
     """The run's totals of optimizer steps and of skipped batches and steps (a warning when any was skipped)."""
     steps = len(arguments["loss_history"].get("iteration", []))
     batches, nonfinite = arguments["skipped_batches"], arguments["skipped_steps"]

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
 
-from .dispatch import dispatchable
 from .conv_geometry import conv_output_size, per_sample_prefix
+from .dispatch import dispatchable
 from .execution_plan import UsesExecutionPlan
 
 

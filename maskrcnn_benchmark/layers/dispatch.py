@@ -82,7 +82,7 @@ def use_implementation(name: str) -> Iterator[None]:
         _mode_override = previous
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_extension() -> bool:
     """Import maskrcnn_benchmark._C (registering torch.ops.glip) and its autograd/fake rules; False if not built."""
     global _load_error
@@ -100,7 +100,7 @@ def extension_error() -> str | None:
     return _load_error
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled_kernel_available(op: str, device_type: str) -> bool:
     """True when the extension is loaded and has a kernel of `op` for `device_type`."""
     key = _DISPATCH_KEYS.get(device_type)
@@ -133,7 +133,7 @@ def pytorch_implementation(op: str) -> Callable:
     return inspect.unwrap(getattr(importlib.import_module(module_name), name))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernel_table(implementation_name: str) -> dict[str, Callable]:
     """The {op: kernel} table of the "compiled" or "npu" implementation (the module's own dict)."""
     module_name, name = _KERNEL_TABLES[implementation_name]

@@ -1,5 +1,4 @@
 """IoU-based box regression losses with the official GLIP formulas."""
-from typing import Optional
 
 import torch
 from torch import nn
@@ -7,7 +6,7 @@ from torch import nn
 _LOSS_TYPES = ("iou", "linear_iou", "giou")
 
 
-def _weighted_sum(losses: torch.Tensor, weight: Optional[torch.Tensor]) -> torch.Tensor:
+def _weighted_sum(losses: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     # Official rule: weights are used only when they sum to a positive value, else a plain sum.
     if weight is not None and weight.sum() > 0:
         return (losses * weight).sum()
@@ -29,7 +28,7 @@ class IOULoss(nn.Module):
             raise ValueError(f"loss_type should be one of {_LOSS_TYPES}, got {loss_type!r}")
         self.loss_type = loss_type
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Sum of per-box losses, weighted by `weight` (N,) when it sums to > 0."""
         pred_left, pred_top, pred_right, pred_bottom = pred.unbind(dim=1)
         target_left, target_top, target_right, target_bottom = target.unbind(dim=1)
@@ -60,7 +59,7 @@ class IOULoss(nn.Module):
 
 
 def box_giou_loss(
-    pred_boxes: torch.Tensor, target_boxes: torch.Tensor, weight: Optional[torch.Tensor] = None
+    pred_boxes: torch.Tensor, target_boxes: torch.Tensor, weight: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Summed GIoU loss of xyxy boxes, as in the official ATSS loss (`GIoULoss`, applied to decoded boxes).
 

@@ -127,7 +127,7 @@ def npu_roi_align(
     return result.to(dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def npu_offset_order(taps: int, deformable_groups: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Channel permutation from GLIP's (dy, dx)-interleaved offsets to torch_npu's [all dx, all dy], and its inverse."""
     num = 2 * taps * deformable_groups

@@ -1,6 +1,5 @@
 """Sigmoid focal losses: the class-index one of the official compiled kernel, and the binary token one."""
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +62,7 @@ def token_sigmoid_binary_focal_loss(
     targets: torch.Tensor,
     alpha: float,
     gamma: float,
-    text_mask: Optional[torch.Tensor] = None,
+    text_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Binary sigmoid focal loss per (anchor, token), as in the official dot-product token loss.
 
@@ -103,7 +102,7 @@ class TokenSigmoidFocalLoss(nn.Module):
         self,
         logits: torch.Tensor,
         targets: torch.Tensor,
-        text_masks: Optional[torch.Tensor] = None,
+        text_masks: torch.Tensor | None = None,
         version: str = "binary",
     ) -> torch.Tensor:
         """Sum of the element-wise losses; only the official "binary" version is used by GLIP."""

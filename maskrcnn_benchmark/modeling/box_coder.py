@@ -1,6 +1,5 @@
 """Box <-> regression-offset coding of GLIP's ATSS head."""
 import math
-from typing import Tuple
 
 import torch
 
@@ -13,7 +12,7 @@ class BoxCoder:
     order of operations is kept so that fp32 results match the official ones bit for bit.
     """
 
-    def __init__(self, weights: Tuple[float, float, float, float], bbox_xform_clip: float = math.log(1000.0 / 16)):
+    def __init__(self, weights: tuple[float, float, float, float], bbox_xform_clip: float = math.log(1000.0 / 16)):
         self.weights = weights
         self.bbox_xform_clip = bbox_xform_clip
 

@@ -1,6 +1,6 @@
 """Optimizer and learning-rate schedule from the SOLVER config."""
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 def parameter_settings(name: str, base_lr: float, lang_lr: float, backbone_body_lr_factor: float,
                        bias_lr_factor: float, weight_decay: float, weight_decay_bias: float,
-                       weight_decay_norm_factor: float) -> Tuple[float, float]:
+                       weight_decay_norm_factor: float) -> tuple[float, float]:
     """(lr, weight decay) of the parameter `name`, by the official substring rules.
 
     The language backbone trains at `lang_lr` and the visual backbone body at `base_lr * backbone_body_lr_factor`;
@@ -36,13 +36,13 @@ def parameter_settings(name: str, base_lr: float, lang_lr: float, backbone_body_
     return lr, decay
 
 
-def build_param_groups(model: nn.Module, **settings: float) -> List[Dict]:
+def build_param_groups(model: nn.Module, **settings: float) -> list[dict]:
     """Trainable parameters grouped by equal (lr, weight_decay), groups in order of first appearance.
 
     The official code makes one group per parameter; grouping equal settings gives the same updates with far
     fewer optimizer kernels. `settings` are the keyword arguments of `parameter_settings`.
     """
-    groups: Dict[Tuple[float, float], Dict] = {}
+    groups: dict[tuple[float, float], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -83,13 +83,13 @@ class ClippedAdamW(FullModelGradientClipping, torch.optim.AdamW):
 OPTIMIZERS = {"SGD": (torch.optim.SGD, ClippedSGD), "ADAMW": (torch.optim.AdamW, ClippedAdamW)}
 
 
-def _fused_kernels_apply(param_groups: List[Dict]) -> bool:
+def _fused_kernels_apply(param_groups: list[dict]) -> bool:
     """Whether every parameter lives on a CUDA device, where fused AdamW updates all tensors in one kernel."""
     params = [p for group in param_groups for p in group["params"]]
     return bool(params) and all(p.device.type == "cuda" for p in params)
 
 
-def build_optimizer(param_groups: List[Dict], name: str, lr: float, momentum: float = 0.9,
+def build_optimizer(param_groups: list[dict], name: str, lr: float, momentum: float = 0.9,
                     clip_norm: float = 0.0, norm_type: float = 2.0) -> torch.optim.Optimizer:
     """SGD (with momentum) or AdamW (torch defaults otherwise) on `param_groups`, clipping when `clip_norm` > 0.
 
@@ -123,7 +123,7 @@ def make_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     return build_optimizer(groups, solver.OPTIMIZER, solver.BASE_LR, solver.MOMENTUM, clip_norm)
 
 
-def resolve_milestones(steps: Sequence[float], max_iter: int) -> List[int]:
+def resolve_milestones(steps: Sequence[float], max_iter: int) -> list[int]:
     """Iterations of the LR decays: a step below 1 is a fraction of `max_iter` (Python round), else an iteration."""
     return [round(step * max_iter) if step < 1 else int(step) for step in steps]
 
@@ -134,7 +134,7 @@ def max_iter_from_epochs(max_epoch: int, dataset_length: int, ims_per_batch: int
 
 
 def make_lr_scheduler(cfg, optimizer: torch.optim.Optimizer,
-                      max_iter: Optional[int] = None) -> WarmupMultiStepLR | WarmupReduceLROnPlateau:
+                      max_iter: int | None = None) -> WarmupMultiStepLR | WarmupReduceLROnPlateau:
     """Warm-up then step decay at SOLVER.STEPS; `max_iter` (default SOLVER.MAX_ITER) resolves fractional steps.
 
     With SOLVER.MAX_EPOCH the trainer passes the iteration count derived from the dataset length, so the config

@@ -1,6 +1,6 @@
 """Learning-rate schedules: warm-up, then a step decay at fixed iterations or on a validation plateau."""
 from bisect import bisect_right
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
@@ -41,7 +41,7 @@ class WarmupMultiStepLR(LRScheduler):
         self.warmup_method = warmup_method
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> List[float]:
+    def get_lr(self) -> list[float]:
         """The LR of every group at iteration `last_epoch` (closed form)."""
         factor = warmup_factor_at(self.last_epoch, self.warmup_method, self.warmup_iters, self.warmup_factor)
         decay = self.gamma ** bisect_right(self.milestones, self.last_epoch)

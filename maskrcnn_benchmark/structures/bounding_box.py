@@ -1,5 +1,6 @@
 """BoxList: a set of boxes of one image, with per-box fields (labels, scores, ...)."""
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -24,7 +25,7 @@ class BoxList:
     that are not tensors are also asked to follow ``resize``/``transpose``/``crop`` through methods of the same name.
     """
 
-    def __init__(self, bbox: Union[torch.Tensor, Sequence], image_size: Sequence, mode: str = "xyxy") -> None:
+    def __init__(self, bbox: torch.Tensor | Sequence, image_size: Sequence, mode: str = "xyxy") -> None:
         device = bbox.device if isinstance(bbox, torch.Tensor) else torch.device("cpu")
         if not isinstance(bbox, torch.Tensor) or bbox.dtype != torch.float32:
             # Boxes are always stored in float32, as in the official structure.
@@ -37,9 +38,9 @@ class BoxList:
         if len(image_size) != 2:
             raise ValueError(f"image_size should be (width, height), got {image_size!r}")
         self.bbox = bbox
-        self.size: Tuple = tuple(image_size)
+        self.size: tuple = tuple(image_size)
         self.mode = mode
-        self.extra_fields: Dict[str, Any] = {}
+        self.extra_fields: dict[str, Any] = {}
 
     # ---- fields -----------------------------------------------------------------------------------------------
     def add_field(self, field: str, field_data: Any) -> None:
@@ -54,11 +55,11 @@ class BoxList:
         """Whether the field exists."""
         return field in self.extra_fields
 
-    def fields(self) -> List[str]:
+    def fields(self) -> list[str]:
         """Names of the extra fields, in insertion order."""
         return list(self.extra_fields.keys())
 
-    def copy_with_fields(self, fields: Union[str, Sequence[str]]) -> "BoxList":
+    def copy_with_fields(self, fields: str | Sequence[str]) -> "BoxList":
         """A BoxList sharing the boxes, carrying only the given fields."""
         boxlist = BoxList(self.bbox, self.size, self.mode)
         if not isinstance(fields, (list, tuple)):
@@ -80,7 +81,7 @@ class BoxList:
         return boxlist
 
     # ---- geometry ---------------------------------------------------------------------------------------------
-    def _split_into_xyxy(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _split_into_xyxy(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.mode == "xyxy":
             x1, y1, x2, y2 = self.bbox.split(1, dim=-1)
             return x1, y1, x2, y2
@@ -164,7 +165,7 @@ class BoxList:
         return box[:, 2] * box[:, 3]
 
     # ---- tensor-like ------------------------------------------------------------------------------------------
-    def to(self, device: Union[str, torch.device]) -> "BoxList":
+    def to(self, device: str | torch.device) -> "BoxList":
         """Move the boxes and every field that has a `to` method."""
         boxlist = BoxList(self.bbox.to(device), self.size, self.mode)
         for name, value in self.extra_fields.items():

@@ -1,5 +1,5 @@
 """Operations on BoxLists: NMS, filtering, IoU and concatenation."""
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

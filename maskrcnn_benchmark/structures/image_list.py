@@ -1,6 +1,6 @@
 """ImageList: a batch of images of different sizes, zero-padded into one tensor."""
 import math
-from typing import List, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 
@@ -8,9 +8,9 @@ import torch
 class ImageList:
     """A padded batch tensor (N, C, H, W) plus each image's original (height, width)."""
 
-    def __init__(self, tensors: torch.Tensor, image_sizes: Sequence[Tuple[int, int]]) -> None:
+    def __init__(self, tensors: torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> None:
         self.tensors = tensors
-        self.image_sizes: List[Tuple[int, int]] = [tuple(int(s) for s in size) for size in image_sizes]
+        self.image_sizes: list[tuple[int, int]] = [tuple(int(s) for s in size) for size in image_sizes]
 
     def to(self, *args, **kwargs) -> "ImageList":
         """Cast/move the batch tensor (same arguments as Tensor.to)."""
@@ -38,7 +38,7 @@ def _pad_batch(images: Sequence[torch.Tensor], size_divisible: int) -> ImageList
 
 
 def to_image_list(
-    tensors: Union[ImageList, torch.Tensor, Sequence[torch.Tensor]], size_divisible: int = 0
+    tensors: ImageList | torch.Tensor | Sequence[torch.Tensor], size_divisible: int = 0
 ) -> ImageList:
     """Batch images into an ImageList, zero-padding bottom/right to the largest size rounded up to size_divisible.
 

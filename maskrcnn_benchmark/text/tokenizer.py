@@ -1,6 +1,5 @@
 """Tokenizer of GLIP's captions (data/ and modeling/ share it): the shipped bert-base-uncased vocabulary by default."""
 from pathlib import Path
-from typing import List, Union
 
 from transformers import AutoTokenizer, BatchEncoding, BertTokenizerFast, PreTrainedTokenizerBase
 
@@ -21,12 +20,12 @@ def build_tokenizer(cfg) -> PreTrainedTokenizerBase:
     return load_shipped_tokenizer()
 
 
-def load_shipped_tokenizer(folder: Union[str, Path] = SHIPPED_BERT_DIR) -> BertTokenizerFast:
+def load_shipped_tokenizer(folder: str | Path = SHIPPED_BERT_DIR) -> BertTokenizerFast:
     """The uncased BERT WordPiece tokenizer built from the vocabulary shipped in the package."""
     return BertTokenizerFast.from_pretrained(str(folder))
 
 
-def tokenize_captions(tokenizer: PreTrainedTokenizerBase, captions: List[str], max_query_len: int,
+def tokenize_captions(tokenizer: PreTrainedTokenizerBase, captions: list[str], max_query_len: int,
                       pad_max: bool = True) -> BatchEncoding:
     """Tokenise captions as GLIP's model input: truncated to `max_query_len`, padded to it when `pad_max`."""
     if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Dict, List, Optional
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -32,10 +32,10 @@ class CheckpointError(RuntimeError):
 class LoadReport:
     """What happened to the keys when a state_dict was loaded into a model."""
 
-    loaded: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)
-    unexpected: List[str] = field(default_factory=list)
-    ignored: List[str] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
 
 
 def read_checkpoint(path: str, allow_inert_objects: bool = False) -> Any:
@@ -176,7 +176,7 @@ def _unpickling_reason(error: Exception) -> str:
     return lines[0].strip() if lines else str(error).splitlines()[0]
 
 
-def extract_state_dict(checkpoint: Any, keyword: str = "model", path: str = "checkpoint") -> Dict[str, torch.Tensor]:
+def extract_state_dict(checkpoint: Any, keyword: str = "model", path: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The state_dict under `keyword`, or the checkpoint itself when it is a bare state_dict."""
     if isinstance(checkpoint, dict) and keyword in checkpoint and isinstance(checkpoint[keyword], dict):
         state_dict = checkpoint[keyword]
@@ -202,7 +202,7 @@ MAX_MISSING_FRACTION = 0.5
 ALLOW_MISSING_WEIGHTS_HINT = "set MODEL.ALLOW_MISSING_WEIGHTS True (allow_missing_weights=True in Python)"
 
 
-def _some_keys(keys: List[str], shown: int = 5) -> str:
+def _some_keys(keys: list[str], shown: int = 5) -> str:
     """The first `shown` keys, and how many more there are."""
     more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
     return ", ".join(keys[:shown]) + more
@@ -225,7 +225,7 @@ def missing_weights_error(situation: str, remedy: str) -> CheckpointError:
                            "the untrained model on purpose, set MODEL.ALLOW_MISSING_WEIGHTS True.")
 
 
-def load_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str = "checkpoint",
+def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",
                     allow_missing_weights: bool = False) -> LoadReport:
     """Load `state_dict` (keys with or without the DDP `module.` prefix) into `model`, reporting keys by name.
 
@@ -236,7 +236,7 @@ def load_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], sourc
     target = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
     own = target.state_dict()
     report = LoadReport()
-    cleaned: Dict[str, torch.Tensor] = {}
+    cleaned: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         name = key[len("module."):] if key.startswith("module.") else key
         if _is_ignored(name):
@@ -336,10 +336,10 @@ class Checkpointer:
     `keep_last` > 0 keeps only that many newest periodic checkpoints (`model_NNNNNNN.pth`).
     """
 
-    def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-                 scheduler: Optional[Any] = None, save_dir: str = "", save_to_disk: Optional[bool] = None,
-                 logger: Optional[logging.Logger] = None, *, scaler: Optional[Any] = None,
-                 model_ema: Optional[Any] = None, keep_last: int = 0):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                 scheduler: Any | None = None, save_dir: str = "", save_to_disk: bool | None = None,
+                 logger: logging.Logger | None = None, *, scaler: Any | None = None,
+                 model_ema: Any | None = None, keep_last: int = 0):
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -350,13 +350,13 @@ class Checkpointer:
         self.save_to_disk = save_to_disk
         self.logger = logger or logging.getLogger(__name__)
 
-    def save(self, name: str, tag_last: bool = True, **extra: Any) -> Optional[str]:
+    def save(self, name: str, tag_last: bool = True, **extra: Any) -> str | None:
         """Write `<save_dir>/<name>.pth` atomically, point `last_checkpoint` at it (unless not `tag_last`: a
         side file such as model_best that a resume must not start from), prune old periodic ones."""
         if not self.save_dir or not self.save_to_disk:
             return None
         target = self.model.module if hasattr(self.model, "module") else self.model
-        data: Dict[str, Any] = {"model": target.state_dict()}
+        data: dict[str, Any] = {"model": target.state_dict()}
         if self.optimizer is not None:
             data["optimizer"] = self.optimizer.state_dict()
         if self.scheduler is not None:
@@ -392,9 +392,9 @@ class Checkpointer:
                 self.logger.info("Removing old checkpoint %s", name)
                 os.unlink(os.path.join(self.save_dir, name))
 
-    def load(self, f: Optional[str] = None, force: bool = False, keyword: str = "model",
+    def load(self, f: str | None = None, force: bool = False, keyword: str = "model",
              skip_optimizer: bool = False, allow_inert_objects: bool = False,
-             allow_missing_weights: bool = False) -> Dict[str, Any]:
+             allow_missing_weights: bool = False) -> dict[str, Any]:
         """Load `f`, or resume from `last_checkpoint` in save_dir when present (unless `force`).
 
         On resume the optimizer, scheduler, scaler and EMA states are restored too; the remaining entries are
@@ -457,13 +457,13 @@ class DetectronCheckpointer(Checkpointer):
     """Checkpointer with the official constructor taking the config first."""
 
     def __init__(self, cfg, model: nn.Module, optimizer=None, scheduler=None, save_dir: str = "",
-                 save_to_disk: Optional[bool] = None, logger: Optional[logging.Logger] = None, **state: Any):
+                 save_to_disk: bool | None = None, logger: logging.Logger | None = None, **state: Any):
         super().__init__(model, optimizer, scheduler, save_dir, save_to_disk, logger, **state)
         self.cfg = cfg.clone()
 
     def load(self, f: str | None = None, force: bool = False, keyword: str = "model",
              skip_optimizer: bool = False, allow_inert_objects: bool = False,
-             allow_missing_weights: bool | None = None) -> Dict[str, Any]:
+             allow_missing_weights: bool | None = None) -> dict[str, Any]:
         """Checkpointer.load; `allow_missing_weights` defaults to the config's MODEL.ALLOW_MISSING_WEIGHTS."""
         if allow_missing_weights is None:
             allow_missing_weights = self.cfg.MODEL.ALLOW_MISSING_WEIGHTS

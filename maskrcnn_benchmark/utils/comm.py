@@ -2,7 +2,8 @@
 import contextlib
 import os
 import re
-from typing import Any, Dict, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,11 +65,11 @@ def synchronize() -> None:
             dist.barrier()
 
 
-def all_gather(data: Any) -> List[Any]:
+def all_gather(data: Any) -> list[Any]:
     """The picklable `data` of every rank, in rank order."""
     if get_world_size() == 1:
         return [data]
-    gathered: List[Any] = [None] * get_world_size()
+    gathered: list[Any] = [None] * get_world_size()
     with named_collective("all_gather_object (all_gather)"):
         dist.all_gather_object(gathered, data)
     return gathered
@@ -84,7 +85,7 @@ def broadcast_object(data: Any, src: int = 0) -> Any:
     return holder[0]
 
 
-def reduce_dict(input_dict: Dict[str, torch.Tensor], average: bool = True) -> Dict[str, torch.Tensor]:
+def reduce_dict(input_dict: dict[str, torch.Tensor], average: bool = True) -> dict[str, torch.Tensor]:
     """Sum (or mean) of each scalar tensor over all ranks; every rank gets the result.
 
     Every rank receiving the same values lets all of them take the same decision (e.g. about a non-finite loss).

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 BACKENDS = {"cuda": "nccl", "npu": "hccl", "cpu": "gloo"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def npu_available() -> bool:
     """True when torch_npu imports (which registers the `npu` device) and sees at least one NPU."""
     try:

@@ -1,18 +1,18 @@
 """Readable detection pictures: enlarge small images, draw boxes with labels on a filled background, never
 one label on top of another."""
 import math
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
 # Short side of a drawn picture: a 128-pixel input shown at its own size has labels too small to read.
 READABLE_MIN_SIDE = 512
-Colour = Tuple[int, int, int]
-Rect = Tuple[int, int, int, int]
+Colour = tuple[int, int, int]
+Rect = tuple[int, int, int, int]
 BLACK, WHITE = (0, 0, 0), (255, 255, 255)
 
 
-def enlargement_factor(size: Tuple[int, int], min_side: int = READABLE_MIN_SIDE) -> int:
+def enlargement_factor(size: tuple[int, int], min_side: int = READABLE_MIN_SIDE) -> int:
     """The smallest whole factor that brings the short side of `size` (width, height) to `min_side` (>= 1)."""
     return max(1, math.ceil(min_side / max(min(size), 1)))
 
@@ -25,7 +25,7 @@ def enlarge(image: Image.Image, factor: int, resample: int = Image.NEAREST) -> I
     return image.resize((image.width * factor, image.height * factor), resample)
 
 
-def label_font(canvas_size: Tuple[int, int]) -> ImageFont.ImageFont:
+def label_font(canvas_size: tuple[int, int]) -> ImageFont.ImageFont:
     """A font about 1/32 of the canvas's short side high (at least 12 px); PIL's bitmap font on old Pillow."""
     size = max(12, round(min(canvas_size) / 32))
     try:
@@ -45,7 +45,7 @@ def _overlaps(a: Rect, b: Rect) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _free_rect(left: int, top: int, size: Tuple[int, int], canvas_height: int, taken: Sequence[Rect],
+def _free_rect(left: int, top: int, size: tuple[int, int], canvas_height: int, taken: Sequence[Rect],
                downwards: bool) -> Rect | None:
     """The first rectangle of `size` at `left` from `top` on, moving down (or up) past the `taken` ones that
     it meets; None when it would leave the canvas."""
@@ -61,7 +61,7 @@ def _free_rect(left: int, top: int, size: Tuple[int, int], canvas_height: int, t
     return None
 
 
-def place_label(anchor: Tuple[float, float], label_size: Tuple[int, int], canvas_size: Tuple[int, int],
+def place_label(anchor: tuple[float, float], label_size: tuple[int, int], canvas_size: tuple[int, int],
                 taken: Sequence[Rect]) -> Rect:
     """A label rectangle for the box whose top-left corner is `anchor`, overlapping none of `taken`.
 
@@ -80,7 +80,7 @@ def place_label(anchor: Tuple[float, float], label_size: Tuple[int, int], canvas
 
 def draw_labelled_boxes(canvas: Image.Image, boxes: Sequence[Sequence[float]], labels: Sequence[str],
                         colour: Colour, line_width: int | None = None,
-                        taken: List[Rect] | None = None) -> List[Rect]:
+                        taken: list[Rect] | None = None) -> list[Rect]:
     """Outline each xyxy box in `colour` with its label in a contrasting colour on a `colour` filled box.
 
     Labels avoid the rectangles in `taken` and each other; the drawn label rectangles are appended to `taken`
@@ -90,7 +90,7 @@ def draw_labelled_boxes(canvas: Image.Image, boxes: Sequence[Sequence[float]], l
     font = label_font(canvas.size)
     line_width = line_width or max(2, round(min(canvas.size) / 256))
     taken = [] if taken is None else taken
-    drawn: List[Rect] = []
+    drawn: list[Rect] = []
     # Every outline first: an outline drawn after a label would cut through it.
     for box in boxes:
         draw.rectangle(list(box), outline=colour, width=line_width)

@@ -1,6 +1,5 @@
 """Exponential moving average of a model's weights (SOLVER.MODEL_EMA)."""
 import copy
-from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -19,7 +18,7 @@ class ModelEma:
     Integer buffers (e.g. Swin's relative position index) are copied, not averaged.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999, device: Optional[torch.device] = None):
+    def __init__(self, model: nn.Module, decay: float = 0.9999, device: torch.device | None = None):
         self.ema = copy.deepcopy(unwrap_model(model))
         self.ema.eval()
         self.decay = decay
@@ -47,10 +46,10 @@ class ModelEma:
             torch._foreach_mul_(averaged, self.decay)
             torch._foreach_add_(averaged, targets, alpha=1.0 - self.decay)
 
-    def state_dict(self) -> Dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
         """The averaged weights (keys without the DDP `module.` prefix)."""
         return self.ema.state_dict()
 
-    def load_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Restore averaged weights (keys with or without the `module.` prefix)."""
         load_state_dict(self.ema, state_dict, source="model_ema")

@@ -1,6 +1,5 @@
 """Smoothed training metrics for the periodic log line, with optional TensorBoard output."""
 from collections import deque
-from typing import Dict, Optional
 
 import torch
 
@@ -43,7 +42,7 @@ class MetricLogger:
     """Named SmoothedValues, printed as `name: latest (window median)`."""
 
     def __init__(self, delimiter: str = "\t", window_size: int = 20):
-        self.meters: Dict[str, SmoothedValue] = {}
+        self.meters: dict[str, SmoothedValue] = {}
         self.delimiter = delimiter
         self.window_size = window_size
 
@@ -103,7 +102,7 @@ class TensorboardLogger(MetricLogger):
         """A SummaryWriter writing to `log_dir`."""
         return summary_writer_class()(log_dir)
 
-    def write_scalars(self, iteration: Optional[int] = None) -> None:
+    def write_scalars(self, iteration: int | None = None) -> None:
         """Write the latest value of every meter at `iteration`."""
         self.iteration = self.iteration + 1 if iteration is None else iteration
         if self.writer is not None:

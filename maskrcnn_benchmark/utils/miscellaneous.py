@@ -1,7 +1,8 @@
 """Small helpers: folders, config dumps, seeding and random-state snapshots, the loss-curve plot."""
 import os
 import random
-from typing import Any, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,14 +29,14 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def get_rng_state() -> Dict[str, Any]:
+def get_rng_state() -> dict[str, Any]:
     """A snapshot of every random generator of this process, made only of tensors and plain Python values.
 
     Plain values keep it loadable by `torch.load(weights_only=True)`.
     """
     version, python_state, gauss_next = random.getstate()
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    state: Dict[str, Any] = {
+    state: dict[str, Any] = {
         "python": {"version": version, "state": list(python_state), "gauss_next": gauss_next},
         "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
@@ -49,7 +50,7 @@ def get_rng_state() -> Dict[str, Any]:
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     """Restore a snapshot taken by `get_rng_state`."""
     python = state["python"]
     random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
@@ -63,7 +64,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.npu.set_rng_state_all(state["npu"])
 
 
-def split_constant_zero(losses: Dict[str, List[float]]) -> Tuple[Dict[str, List[float]], List[str]]:
+def split_constant_zero(losses: dict[str, list[float]]) -> tuple[dict[str, list[float]], list[str]]:
     """The series with a non-zero value somewhere, and the names of those that are 0 at every iteration.
 
     In GLIP-T, loss_cls is always 0 (the dot-product token loss replaces the classification loss); a flat line at
@@ -73,7 +74,7 @@ def split_constant_zero(losses: Dict[str, List[float]]) -> Tuple[Dict[str, List[
     return shown, [name for name in losses if name not in shown]
 
 
-def save_loss_curve(iterations: Sequence[int], losses: Dict[str, List[float]], path: str) -> List[str]:
+def save_loss_curve(iterations: Sequence[int], losses: dict[str, list[float]], path: str) -> list[str]:
     """Plot each loss against the iteration into a PNG (matplotlib, Agg backend); returns the names drawn.
 
     Losses that are 0 at every iteration are not drawn; a note under the plot names them.

@@ -6,7 +6,7 @@ allow-list and turns every other global into an inert placeholder that records i
 """
 import pickle
 import types
-from typing import Any, BinaryIO, List, Set
+from typing import Any, BinaryIO
 
 import torch
 from torch import _weights_only_unpickler
@@ -31,7 +31,7 @@ def _inert_class(qualified_name: str) -> type:
     return type("Inert", (InertObject,), {"qualified_name": qualified_name})
 
 
-def _make_pickle_module(skipped: Set[str]) -> types.ModuleType:
+def _make_pickle_module(skipped: set[str]) -> types.ModuleType:
     allowed = _weights_only_unpickler._get_allowed_globals()
 
     class RestrictedUnpickler(pickle.Unpickler):
@@ -74,8 +74,8 @@ def read_first_pickled_value(file: BinaryIO) -> Any:
     return _NoGlobalsUnpickler(file).load()
 
 
-def load_with_inert_objects(path: str) -> "tuple[Any, List[str]]":
+def load_with_inert_objects(path: str) -> "tuple[Any, list[str]]":
     """Load `path` keeping tensors and containers; return the object and the sorted names of skipped classes."""
-    skipped: Set[str] = set()
+    skipped: set[str] = set()
     obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_make_pickle_module(skipped))
     return obj, sorted(skipped)

@@ -4,10 +4,11 @@ import io
 import json
 import math
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
-import torch
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
@@ -15,11 +16,11 @@ from torch.utils.data import Dataset
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 
 
-def _has_only_empty_bbox(anno: List[dict]) -> bool:
+def _has_only_empty_bbox(anno: list[dict]) -> bool:
     return all(any(side <= 1 for side in obj["bbox"][2:]) for obj in anno)
 
 
-def has_valid_annotation(anno: List[dict]) -> bool:
+def has_valid_annotation(anno: list[dict]) -> bool:
     """Whether an image is kept for training: at least one annotation whose box has width and height > 1."""
     return len(anno) > 0 and not _has_only_empty_bbox(anno)
 
@@ -141,13 +142,13 @@ def check_image_folder(folder: str) -> None:
         raise FileNotFoundError(f"Image folder not found: {folder}")
 
 
-def contiguous_category_ids(coco: COCO) -> Dict[int, int]:
+def contiguous_category_ids(coco: COCO) -> dict[int, int]:
     """json category id -> label 1..K, in the order of the json `categories` list."""
     return {cat_id: label for label, cat_id in enumerate(coco.getCatIds(), start=1)}
 
 
-def category_names(categories: List[dict], json_to_contiguous: Dict[int, int],
-                   no_background: bool = True) -> Dict[int, str]:
+def category_names(categories: list[dict], json_to_contiguous: dict[int, int],
+                   no_background: bool = True) -> dict[int, str]:
     """label -> category name (optionally without "__background__"/id 0 entries)."""
     names = {}
     for cat in categories:
@@ -174,14 +175,14 @@ class CocoImages(Dataset):
         self.json_category_id_to_contiguous_id = contiguous_category_ids(self.coco)
         self.contiguous_category_id_to_json_id = {v: k for k, v in self.json_category_id_to_contiguous_id.items()}
 
-    def select_images(self, ids: List[Any], requirement: str = "") -> None:
+    def select_images(self, ids: list[Any], requirement: str = "") -> None:
         """Use these image ids (sorted order kept by the caller); an empty selection is an error."""
         if not ids:
             raise ValueError(f"Empty dataset: no image{requirement} in {self.ann_file}")
         self.ids = ids
         self.id_to_img_map = dict(enumerate(ids))
 
-    def raw_annotations(self, img_id: Any) -> List[dict]:
+    def raw_annotations(self, img_id: Any) -> list[dict]:
         """The json annotations of one image (crowd ones included)."""
         return self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id))
 
@@ -193,12 +194,12 @@ class CocoImages(Dataset):
         """The image file and COCO image id of a dataset index, for error messages."""
         return f"{self.image_path(index)} (image id {self.ids[index]})"
 
-    def load(self, index: int) -> Tuple[Image.Image, List[dict]]:
+    def load(self, index: int) -> tuple[Image.Image, list[dict]]:
         """The RGB image and its raw annotations."""
         img_id = self.ids[index]
         return load_image(self.image_path(index), img_id), self.raw_annotations(img_id)
 
-    def categories(self, no_background: bool = True) -> Dict[int, str]:
+    def categories(self, no_background: bool = True) -> dict[int, str]:
         """label -> category name."""
         return category_names(self.coco.dataset["categories"], self.json_category_id_to_contiguous_id, no_background)
 
@@ -210,7 +211,7 @@ class CocoImages(Dataset):
         return len(self.ids)
 
 
-def boxes_and_labels(anno: List[dict], image_size: Tuple[int, int], json_to_contiguous: Dict[int, int]) -> BoxList:
+def boxes_and_labels(anno: list[dict], image_size: tuple[int, int], json_to_contiguous: dict[int, int]) -> BoxList:
     """xyxy BoxList (legacy +1: x2 = x + w - 1) of non-crowd annotations with contiguous `labels`."""
     anno = [obj for obj in anno if obj.get("iscrowd", 0) == 0]
     boxes = torch.as_tensor([obj["bbox"] for obj in anno], dtype=torch.float32).reshape(-1, 4)
@@ -227,14 +228,14 @@ class COCODataset(CocoImages):
     """
 
     def __init__(self, ann_file: str, root: str, remove_images_without_annotations: bool,
-                 transforms: Optional[Callable] = None, override_category: Optional[List[dict]] = None) -> None:
+                 transforms: Callable | None = None, override_category: list[dict] | None = None) -> None:
         super().__init__(root, ann_file, remove_images_without_annotations)
         if override_category is not None:
             # Replaces the names only: the id -> label mapping was built from the file's own categories.
             self.coco.dataset["categories"] = override_category
         self.transforms = transforms
 
-    def __getitem__(self, index: int) -> Tuple[Any, BoxList, int]:
+    def __getitem__(self, index: int) -> tuple[Any, BoxList, int]:
         img, anno = self.load(index)
         target = boxes_and_labels(anno, img.size, self.json_category_id_to_contiguous_id)
         target = target.clip_to_image(remove_empty=True)

@@ -1,6 +1,5 @@
 """Concatenation of datasets that still answers `get_img_info` (needed for aspect-ratio grouping)."""
 import bisect
-from typing import Tuple
 
 from torch.utils.data import ConcatDataset as _TorchConcatDataset
 
@@ -8,7 +7,7 @@ from torch.utils.data import ConcatDataset as _TorchConcatDataset
 class ConcatDataset(_TorchConcatDataset):
     """torch ConcatDataset plus `get_img_info(index)` of the dataset holding that index."""
 
-    def get_idxs(self, index: int) -> Tuple[int, int]:
+    def get_idxs(self, index: int) -> tuple[int, int]:
         """(dataset position, index inside that dataset) of a global index."""
         dataset_idx = bisect.bisect_right(self.cumulative_sizes, index)
         offset = self.cumulative_sizes[dataset_idx - 1] if dataset_idx > 0 else 0

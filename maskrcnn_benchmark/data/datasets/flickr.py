@@ -1,6 +1,7 @@
 """Flickr30k phrase grounding evaluation set, read from MDETR's annotations as the official FlickrDataset."""
 import logging
-from typing import Any, Callable, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -25,8 +26,8 @@ class FlickrDataset(CocoImages):
     """
 
     def __init__(self, img_folder: str, ann_file: str, entities_dir: str, subset: str,
-                 transforms: Optional[Callable], tokenizer: PreTrainedTokenizerBase, max_query_len: int = 256,
-                 override_category: Optional[List[dict]] = None, caption_prompt: Optional[List[dict]] = None) -> None:
+                 transforms: Callable | None, tokenizer: PreTrainedTokenizerBase, max_query_len: int = 256,
+                 override_category: list[dict] | None = None, caption_prompt: list[dict] | None = None) -> None:
         super().__init__(img_folder, ann_file, remove_images_without_annotations=True)
         if override_category is not None or caption_prompt is not None:
             raise ValueError("DATASETS.OVERRIDE_CATEGORY and DATASETS.CAPTION_PROMPT apply to detection prompts; a "
@@ -57,7 +58,7 @@ class FlickrDataset(CocoImages):
                            self.max_query_len, info["caption"])
         return positive_map
 
-    def __getitem__(self, index: int) -> Tuple[Any, Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
         info = self.coco.imgs[self.ids[index]]
         img = load_image(self.image_path(index), self.ids[index])
         annotations = self.raw_annotations(self.ids[index])

@@ -1,6 +1,6 @@
 """LVIS evaluation dataset (official catalog names containing "lvis_evaluation", e.g. the minival config)."""
 import os
-from typing import Callable, List, Optional
+from collections.abc import Callable
 
 from maskrcnn_benchmark.data.evaluation.lvis_eval import check_lvis_annotations
 
@@ -15,9 +15,9 @@ class LvisDetection(COCODataset):
     under the image folder; an entry without `coco_url` uses its `file_name`.
     """
 
-    def __init__(self, ann_file: str, root: str, transforms: Optional[Callable] = None,
-                 override_category: Optional[List[dict]] = None, tokenizer=None, max_query_len: int = 256,
-                 caption_prompt: Optional[List[dict]] = None) -> None:
+    def __init__(self, ann_file: str, root: str, transforms: Callable | None = None,
+                 override_category: list[dict] | None = None, tokenizer=None, max_query_len: int = 256,
+                 caption_prompt: list[dict] | None = None) -> None:
         # tokenizer, max_query_len and caption_prompt are the options the data builder gives every prompted
         # dataset; the evaluation builds the detection prompts itself, from the config, as for COCO.
         super().__init__(ann_file, root, remove_images_without_annotations=False, transforms=transforms)

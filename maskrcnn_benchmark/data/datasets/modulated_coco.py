@@ -2,7 +2,8 @@
 import logging
 import random
 from collections import defaultdict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -16,14 +17,14 @@ from .positive_maps import create_greenlight_map, create_positive_map
 logger = logging.getLogger(__name__)
 
 
-def few_shot_image_ids(ids: Sequence[Any], annotations_of: Callable[[Any], List[dict]], shots: int,
-                       shuffle_seed: int = 0) -> List[Any]:
+def few_shot_image_ids(ids: Sequence[Any], annotations_of: Callable[[Any], list[dict]], shots: int,
+                       shuffle_seed: int = 0) -> list[Any]:
     """Images kept by GLIP's greedy k-shot selection: an image stays while one of its categories needs shots.
 
     With a non-zero `shuffle_seed` the ids are first shuffled by `random.Random(shuffle_seed)` (the official
     COCODataset rule), so that each seed picks another subset; the kept ids stay in that shuffled order.
     """
-    remaining: Dict[int, int] = defaultdict(lambda: shots)
+    remaining: dict[int, int] = defaultdict(lambda: shots)
     order = list(ids)
     if shuffle_seed != 0:
         random.Random(shuffle_seed).shuffle(order)
@@ -57,10 +58,10 @@ class CocoGrounding(CocoImages):
     greenlight_map, positive_map_for_od_labels, original_od_label.
     """
 
-    def __init__(self, img_folder: str, ann_file: str, transforms: Optional[Callable],
+    def __init__(self, img_folder: str, ann_file: str, transforms: Callable | None,
                  tokenizer: PreTrainedTokenizerBase, max_query_len: int = 256, separation_tokens: str = " ",
                  disable_shuffle: bool = False, add_detection_prompt: bool = False,
-                 caption_prompt: Optional[Sequence[dict]] = None, override_category: Optional[List[dict]] = None,
+                 caption_prompt: Sequence[dict] | None = None, override_category: list[dict] | None = None,
                  few_shot: int = 0, disable_clip_to_image: bool = False, no_mask_for_od: bool = False,
                  shuffle_seed: int = 0) -> None:
         super().__init__(img_folder, ann_file, remove_images_without_annotations=True)
@@ -84,7 +85,7 @@ class CocoGrounding(CocoImages):
         self.no_mask_for_od = no_mask_for_od
         self._warned_overflow = False
 
-    def make_caption(self) -> Tuple[str, Dict[int, List[int]]]:
+    def make_caption(self) -> tuple[str, dict[int, list[int]]]:
         """A caption of the categories (shuffled with Python `random` unless disabled) that fit the query length."""
         labels = sorted(self.ind_to_class)
         if not self.disable_shuffle:
@@ -96,7 +97,7 @@ class CocoGrounding(CocoImages):
             caption, label_to_span = self._caption_of(labels[:fitting])
         return caption, label_to_span
 
-    def _caption_of(self, labels: Sequence[int]) -> Tuple[str, Dict[int, List[int]]]:
+    def _caption_of(self, labels: Sequence[int]) -> tuple[str, dict[int, list[int]]]:
         return build_detection_caption(labels, self.ind_to_class, self.separation_tokens,
                                        self.add_detection_prompt, self.caption_prompt)
 
@@ -107,8 +108,8 @@ class CocoGrounding(CocoImages):
                            dropped)
             self._warned_overflow = True
 
-    def grounding_fields(self, target: BoxList, caption: str, label_to_span: Dict[int, List[int]],
-                         image_id: Any, image_size: Tuple[int, int]) -> Dict[str, Any]:
+    def grounding_fields(self, target: BoxList, caption: str, label_to_span: dict[int, list[int]],
+                         image_id: Any, image_size: tuple[int, int]) -> dict[str, Any]:
         """The per-sample fields GLIP attaches to the target (before any transform: original coordinates)."""
         labels = target.get_field("labels")
         spans = [label_to_span[label] for label in labels.tolist()]
@@ -134,7 +135,7 @@ class CocoGrounding(CocoImages):
             "original_od_label": torch.full((num_boxes,), -10, dtype=torch.int64),
         }
 
-    def __getitem__(self, index: int) -> Tuple[Any, BoxList, int]:
+    def __getitem__(self, index: int) -> tuple[Any, BoxList, int]:
         img, anno = self.load(index)
         target = boxes_and_labels(anno, img.size, self.json_category_id_to_contiguous_id)
         if self.disable_clip_to_image:

@@ -1,6 +1,6 @@
 """Detection labels -> a grounding caption listing category names, with the character span of each name."""
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
@@ -23,7 +23,7 @@ def check_caption_prompt_length(caption_prompt: Sequence[dict] | None, num_names
 
 
 def join_names(names: Sequence[str], separation_tokens: str, caption_prompt: Sequence[dict] | None = None,
-               start: str = "") -> Tuple[str, List[Tuple[int, int]]]:
+               start: str = "") -> tuple[str, list[tuple[int, int]]]:
     """`start`, then the names joined by `separation_tokens` (none after the last); each name's [begin, end).
 
     The one caption builder of training, evaluation and the predictor. `caption_prompt[i]` puts its "prefix"
@@ -45,9 +45,9 @@ def join_names(names: Sequence[str], separation_tokens: str, caption_prompt: Seq
     return caption, spans
 
 
-def build_detection_caption(labels: Sequence[int], names: Dict[int, str], separation_tokens: str = " ",
+def build_detection_caption(labels: Sequence[int], names: dict[int, str], separation_tokens: str = " ",
                             add_detection_prompt: bool = False,
-                            caption_prompt: Optional[Sequence[dict]] = None) -> Tuple[str, Dict[int, List[int]]]:
+                            caption_prompt: Sequence[dict] | None = None) -> tuple[str, dict[int, list[int]]]:
     """Caption naming `labels` in the given order and each label's [begin, end) span of its cleaned name.
 
     Names are joined by `separation_tokens` (none after the last). `caption_prompt[i]` (the i-th label in the

@@ -1,5 +1,5 @@
 """Character spans of a caption -> token positions, as GLIP builds its box/label-to-token maps."""
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from transformers import BatchEncoding
@@ -7,12 +7,12 @@ from transformers import BatchEncoding
 Span = Sequence[int]  # [begin, end) character positions
 
 
-def _char_to_token(encoding: BatchEncoding, char_index: int) -> Optional[int]:
+def _char_to_token(encoding: BatchEncoding, char_index: int) -> int | None:
     # A position before the caption start maps to no token (the fast tokenizer would raise instead).
     return encoding.char_to_token(char_index) if char_index >= 0 else None
 
 
-def span_to_token_range(encoding: BatchEncoding, begin: int, end: int) -> Optional[Tuple[int, int]]:
+def span_to_token_range(encoding: BatchEncoding, begin: int, end: int) -> tuple[int, int] | None:
     """First and last token (inclusive) of the characters [begin, end), or None when either is not found.
 
     As in GLIP, a start on a character without a token (a space) falls back to begin+1 then begin+2, and an
@@ -60,9 +60,9 @@ def create_greenlight_map(spans: Sequence[Span], encoding: BatchEncoding, num_to
 
 
 def create_positive_dict(encoding: BatchEncoding, tokens_positive: Sequence[Sequence[Span]],
-                         labels: Sequence[int]) -> Dict[int, List[int]]:
+                         labels: Sequence[int]) -> dict[int, list[int]]:
     """label -> token indices of its spans (the evaluation-time `positive_map` the model receives)."""
-    label_to_tokens: Dict[int, List[int]] = {}
+    label_to_tokens: dict[int, list[int]] = {}
     for label, spans in zip(labels, tokens_positive):
         for begin, end in spans:
             token_range = span_to_token_range(encoding, begin, end)

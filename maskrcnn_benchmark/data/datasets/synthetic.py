@@ -6,14 +6,14 @@ ground words, not class slots. The same seed gives byte-identical files.
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 # (name, RGB colour, shape) per category; COCO-style non-contiguous ids exercise the id mapping.
-CATEGORIES: Tuple[Tuple[int, str, Tuple[int, int, int], str], ...] = (
+CATEGORIES: tuple[tuple[int, str, tuple[int, int, int], str], ...] = (
     (1, "red circle", (220, 40, 40), "circle"),
     (3, "blue square", (40, 70, 220), "square"),
     (4, "green triangle", (40, 180, 60), "triangle"),
@@ -37,7 +37,7 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return np.clip(smooth + stripes[..., None] + grain, 0, 255).astype(np.uint8)
 
 
-def _polygon(shape: str, box: Sequence[float]) -> List[Tuple[float, float]]:
+def _polygon(shape: str, box: Sequence[float]) -> list[tuple[float, float]]:
     x0, y0, x1, y1 = box
     cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
     if shape == "triangle":
@@ -53,7 +53,7 @@ def _polygon(shape: str, box: Sequence[float]) -> List[Tuple[float, float]]:
             (cx + ax, y1), (cx - ax, y1), (cx - ax, cy + ay), (x0, cy + ay), (x0, cy - ay), (cx - ax, cy - ay)]
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: str, box: Sequence[float], colour: Tuple[int, int, int]) -> List[float]:
+def _draw(draw: ImageDraw.ImageDraw, shape: str, box: Sequence[float], colour: tuple[int, int, int]) -> list[float]:
     """Draw the shape inside `box`; return its tight [x, y, w, h]."""
     if shape == "circle":
         draw.ellipse(box, fill=colour)
@@ -75,8 +75,8 @@ def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
     return iw * ih / smaller
 
 
-def _place_boxes(rng: np.random.Generator, size: int, count: int, min_side: int, max_side: int) -> List[List[float]]:
-    boxes: List[List[float]] = []
+def _place_boxes(rng: np.random.Generator, size: int, count: int, min_side: int, max_side: int) -> list[list[float]]:
+    boxes: list[list[float]] = []
     for _ in range(count * 20):
         if len(boxes) == count:
             break
@@ -91,7 +91,7 @@ def _place_boxes(rng: np.random.Generator, size: int, count: int, min_side: int,
 
 
 def make_image(rng: np.random.Generator, size: int, min_side: int, max_side: int,
-               max_objects: int) -> Tuple[bytes, List[Tuple[int, List[float]]]]:
+               max_objects: int) -> tuple[bytes, list[tuple[int, list[float]]]]:
     """One JPEG (bytes) and its objects as (category id, [x, y, w, h])."""
     image = Image.fromarray(_texture(rng, size, size))
     draw = ImageDraw.Draw(image)
@@ -119,7 +119,7 @@ def _write_split(out: Path, split: str, rng: np.random.Generator, count: int, si
             annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": cat_id,
                                 "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0})
     categories = [{"id": cat_id, "name": name, "supercategory": "shape"} for cat_id, name, _, _ in CATEGORIES]
-    coco: Dict = {"images": images, "annotations": annotations, "categories": categories}
+    coco: dict = {"images": images, "annotations": annotations, "categories": categories}
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     (out / "annotations" / f"{split}.json").write_text(json.dumps(coco, sort_keys=True, indent=1))
 

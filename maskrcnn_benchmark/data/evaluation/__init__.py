@@ -1,12 +1,10 @@
 """Evaluation of detections against a dataset's annotations (COCO-format box AP)."""
-from typing import Optional
-
 from .coco_eval import COCOResults, Predictions, do_coco_evaluation, prepare_for_coco_detection
 
 __all__ = ["evaluate", "COCOResults", "do_coco_evaluation", "prepare_for_coco_detection"]
 
 
-def evaluate(dataset, predictions: Predictions, output_folder: Optional[str], **kwargs):
+def evaluate(dataset, predictions: Predictions, output_folder: str | None, **kwargs):
     """Evaluate `predictions` (dataset index -> BoxList in model input coordinates) with the dataset's metric.
 
     Datasets with COCO-format annotations (a pycocotools `coco` and the contiguous -> json category map) get

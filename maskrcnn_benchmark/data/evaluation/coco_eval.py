@@ -4,7 +4,7 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -15,15 +15,15 @@ from maskrcnn_benchmark.structures.bounding_box import BoxList
 
 logger = logging.getLogger("maskrcnn_benchmark.inference")
 
-Predictions = Union[Mapping[int, BoxList], Sequence[BoxList]]
+Predictions = Mapping[int, BoxList] | Sequence[BoxList]
 
 
-def _indexed(predictions: Predictions) -> Iterable[Tuple[int, BoxList]]:
+def _indexed(predictions: Predictions) -> Iterable[tuple[int, BoxList]]:
     """(dataset index, prediction) pairs of a dict keyed by dataset index, or of a list in dataset order."""
     return sorted(predictions.items()) if isinstance(predictions, Mapping) else enumerate(predictions)
 
 
-def prepare_for_coco_detection(predictions: Predictions, dataset) -> List[dict]:
+def prepare_for_coco_detection(predictions: Predictions, dataset) -> list[dict]:
     """COCO results entries (image id, json category id, xywh box in original image pixels, score).
 
     Boxes are scaled from the model's input size back to the size recorded in the annotation file, and the
@@ -50,7 +50,7 @@ def prepare_for_coco_detection(predictions: Predictions, dataset) -> List[dict]:
     return coco_results
 
 
-def evaluate_predictions_on_coco(coco_gt: COCO, coco_results: List[dict], json_result_file: str,
+def evaluate_predictions_on_coco(coco_gt: COCO, coco_results: list[dict], json_result_file: str,
                                  iou_type: str = "bbox") -> COCOeval:
     """Write the results JSON, run COCOeval on it (printing the 12-metric summary) and write the per-class CSV."""
     with open(json_result_file, "w") as f:
@@ -104,11 +104,11 @@ class COCOResults:
         unknown = [t for t in iou_types if t not in self.METRICS]
         if unknown:
             raise ValueError(f"IoU types {unknown} are not evaluated by this project (only {list(self.METRICS)}).")
-        self.results: Dict[str, Dict[str, float]] = OrderedDict(
+        self.results: dict[str, dict[str, float]] = OrderedDict(
             (iou_type, OrderedDict((metric, -1) for metric in self.METRICS[iou_type])) for iou_type in iou_types
         )
 
-    def update(self, coco_eval: Optional[COCOeval]) -> None:
+    def update(self, coco_eval: COCOeval | None) -> None:
         """Take the summary statistics of an evaluated COCOeval."""
         if coco_eval is None:
             return
@@ -160,10 +160,10 @@ def require_box_annotations(dataset, dataset_name: str = "") -> None:
         "has boxes (DATASETS.TEST); to see detections on unlabelled images, use tools/demo.py.")
 
 
-def do_coco_evaluation(dataset, predictions: Predictions, output_folder: Optional[str],
+def do_coco_evaluation(dataset, predictions: Predictions, output_folder: str | None,
                        iou_types: Sequence[str] = ("bbox",), expected_results: Sequence = (),
                        expected_results_sigma_tol: float = 4, box_only: bool = False
-                       ) -> Tuple[COCOResults, Dict[str, List[dict]]]:
+                       ) -> tuple[COCOResults, dict[str, list[dict]]]:
     """Evaluate detections of a COCO-format dataset; writes `<iou_type>.json`, the CSV and `coco_results.pth`."""
     if box_only:
         raise ValueError("Proposal (box_only) evaluation belongs to RPN-only detectors, which this project does "

@@ -11,7 +11,7 @@ import logging
 import os
 import xml.etree.ElementTree as ET
 from collections import defaultdict
-from typing import Dict, List, Mapping, Sequence, Tuple
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ RECALL_AT = (1, 5, 10, -1)  # -1: every box of the phrase (the upper bound of th
 IOU_THRESHOLD = 0.5
 
 
-def parse_sentences(path: str) -> List[List[dict]]:
+def parse_sentences(path: str) -> list[list[dict]]:
     """Per sentence of a Flickr30k Entities sentence file, its phrases: {phrase, phrase_id, phrase_type}."""
     with open(path) as f:
         lines = [line for line in f.read().split("\n") if line]
@@ -46,9 +46,9 @@ def parse_sentences(path: str) -> List[List[dict]]:
     return sentences
 
 
-def parse_boxes(path: str) -> Dict[str, List[List[int]]]:
+def parse_boxes(path: str) -> dict[str, list[list[int]]]:
     """Phrase id -> its boxes [xmin, ymin, xmax, ymax] in a Flickr30k Entities annotation file."""
-    boxes: Dict[str, List[List[int]]] = defaultdict(list)
+    boxes: dict[str, list[list[int]]] = defaultdict(list)
     for obj in ET.parse(path).getroot().findall("object"):
         box = obj.find("bndbox")
         if box is None:
@@ -59,7 +59,7 @@ def parse_boxes(path: str) -> Dict[str, List[List[int]]]:
     return dict(boxes)
 
 
-def merge_boxes(boxes: Sequence[Sequence[float]]) -> List[List[float]]:
+def merge_boxes(boxes: Sequence[Sequence[float]]) -> list[list[float]]:
     """The one box enclosing all of `boxes` (the "merged" ground truth)."""
     array = np.asarray(boxes, dtype=float)
     return [[array[:, 0].min(), array[:, 1].min(), array[:, 2].max(), array[:, 3].max()]]
@@ -86,8 +86,8 @@ class FlickrGroundTruth:
                                     "holds Annotations/, Sentences/ and val.txt/test.txt (see DATA.md).")
         with open(split_file) as f:
             image_ids = [line.strip() for line in f if line.strip()]
-        self.boxes: Dict[str, Dict[str, List[List[float]]]] = {}
-        self.phrases: Dict[Tuple[str, int], List[dict]] = {}
+        self.boxes: dict[str, dict[str, list[list[float]]]] = {}
+        self.phrases: dict[tuple[str, int], list[dict]] = {}
         for image_id in image_ids:
             boxes = parse_boxes(os.path.join(entities_dir, "Annotations", f"{image_id}.xml"))
             self.boxes[image_id] = {pid: merge_boxes(b) for pid, b in boxes.items()} if merge else boxes
@@ -111,7 +111,7 @@ class RecallCounter:
             self.total[k][category] += 1
             self.found[k][category] += int(found)
 
-    def report(self) -> "Dict[str, float]":
+    def report(self) -> "dict[str, float]":
         """{"Recall@1_all": ..., "Upper_bound_people": ...} as the official summary names them."""
         scores = {}
         for k, totals in self.total.items():
@@ -122,7 +122,7 @@ class RecallCounter:
 
 
 def evaluate_flickr_recall(ground_truth: FlickrGroundTruth, predictions: Sequence[Mapping],
-                           ks: Sequence[int] = RECALL_AT, iou_threshold: float = IOU_THRESHOLD) -> Dict[str, float]:
+                           ks: Sequence[int] = RECALL_AT, iou_threshold: float = IOU_THRESHOLD) -> dict[str, float]:
     """Recall of ranked boxes per phrase: predictions hold image_id, sentence_id and per phrase its boxes (xyxy,
     best first). Every evaluated sentence needs exactly one prediction with one box list per phrase."""
     counter = RecallCounter(ks)

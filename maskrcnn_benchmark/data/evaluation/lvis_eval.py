@@ -16,7 +16,8 @@ import json
 import logging
 import os
 from collections import OrderedDict, defaultdict
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ def top_per_group(groups: np.ndarray, scores: np.ndarray, limit: int) -> np.ndar
     return order[rank < limit]
 
 
-def _select(entries: Sequence[dict], key: str, limit: int) -> List[dict]:
+def _select(entries: Sequence[dict], key: str, limit: int) -> list[dict]:
     """The `limit` best-scoring entries of each value of `key`."""
     if not entries:
         return []
@@ -72,7 +73,7 @@ def _select(entries: Sequence[dict], key: str, limit: int) -> List[dict]:
     return [entries[i] for i in top_per_group(keys, np.array([entry["score"] for entry in entries]), limit)]
 
 
-def fixed_ap_detections(results: Sequence[dict], per_category: int = FIXED_AP_DETECTIONS_PER_CATEGORY) -> List[dict]:
+def fixed_ap_detections(results: Sequence[dict], per_category: int = FIXED_AP_DETECTIONS_PER_CATEGORY) -> list[dict]:
     """The `per_category` best detections of each category over the whole set (no cap per image)."""
     kept = _select(results, "category_id", per_category)
     counts = np.unique([entry["category_id"] for entry in kept], return_counts=True)[1] if kept else np.zeros(0)
@@ -83,7 +84,7 @@ def fixed_ap_detections(results: Sequence[dict], per_category: int = FIXED_AP_DE
     return kept
 
 
-def _image_detections(prediction, info: dict, image_id: Any, to_json: np.ndarray) -> Dict[str, np.ndarray]:
+def _image_detections(prediction, info: dict, image_id: Any, to_json: np.ndarray) -> dict[str, np.ndarray]:
     """One image's detections as arrays in the annotation file's pixels, xywh with width x2 - x1 (no +1, as the
     official LVIS path), json category ids from the `to_json` lookup (labels without one, -1, are dropped)."""
     boxes = prediction.resize((info["width"], info["height"])).convert("xyxy").bbox
@@ -97,7 +98,7 @@ def _image_detections(prediction, info: dict, image_id: Any, to_json: np.ndarray
 
 
 def prepare_for_lvis_detection(predictions: Predictions, dataset, group: str = "category_id",
-                               limit: int = FIXED_AP_DETECTIONS_PER_CATEGORY) -> List[dict]:
+                               limit: int = FIXED_AP_DETECTIONS_PER_CATEGORY) -> list[dict]:
     """LVIS results entries (image id, category id, xywh box, score): the `limit` best of each `group` value.
 
     The selection runs on arrays before any entry is built: LVIS minival gives tens of millions of detections
@@ -125,9 +126,9 @@ class LvisEvaluation:
         self.cat_ids = sorted(cat["id"] for cat in gt["categories"])
         self.frequency_groups = {freq: [k for k, cat in enumerate(sorted(gt["categories"], key=lambda c: c["id"]))
                                         if cat["frequency"] == freq] for freq in FREQUENCIES}
-        self.gts: Dict[Tuple[int, int], List[dict]] = defaultdict(list)
-        self.dts: Dict[Tuple[int, int], List[dict]] = defaultdict(list)
-        positives: Dict[int, set] = defaultdict(set)
+        self.gts: dict[tuple[int, int], list[dict]] = defaultdict(list)
+        self.dts: dict[tuple[int, int], list[dict]] = defaultdict(list)
+        positives: dict[int, set] = defaultdict(set)
         for ann in gt["annotations"]:
             if ann["area"] > 0 and ann["image_id"] in self.images:  # the LVIS API keeps areas in (0, inf)
                 self.gts[ann["image_id"], ann["category_id"]].append(ann)
@@ -141,7 +142,7 @@ class LvisEvaluation:
             if det["category_id"] in positives[det["image_id"]] or det["category_id"] in image["neg_category_ids"]:
                 self.dts[det["image_id"], det["category_id"]].append(dict(det, area=area, id=dt_id))
 
-    def match(self, img_id: int, cat_id: int, area_range: Tuple[float, float]) -> dict | None:
+    def match(self, img_id: int, cat_id: int, area_range: tuple[float, float]) -> dict | None:
         """Greedy matching of one image's detections of one category at every IoU threshold (None: nothing)."""
         gt, dt = self.gts.get((img_id, cat_id), []), self.dts.get((img_id, cat_id), [])
         if not gt and not dt:
@@ -174,12 +175,12 @@ class LvisEvaluation:
         return {"scores": np.array([d["score"] for d in dt]), "matched": dt_matched, "ignore": dt_ignore,
                 "gt_ignore": gt_ignore}
 
-    def accumulate(self) -> Tuple[np.ndarray, np.ndarray]:
+    def accumulate(self) -> tuple[np.ndarray, np.ndarray]:
         """Precision (iou, recall, category, area) and recall (iou, category, area); -1 where nothing to rate."""
         shape = (len(IOU_THRESHOLDS), len(self.cat_ids), len(AREA_RANGES))
         precision = -np.ones((shape[0], len(RECALL_THRESHOLDS)) + shape[1:])
         recall = -np.ones(shape)
-        pairs_of_category: Dict[int, List[int]] = defaultdict(list)
+        pairs_of_category: dict[int, list[int]] = defaultdict(list)
         for img_id, cat_id in set(self.gts) | set(self.dts):
             pairs_of_category[cat_id].append(img_id)
         for k, cat_id in enumerate(self.cat_ids):
@@ -212,7 +213,7 @@ class LvisEvaluation:
         return summary
 
 
-def _precision_recall(matches: List[dict]) -> Tuple[np.ndarray, np.ndarray] | None:
+def _precision_recall(matches: list[dict]) -> tuple[np.ndarray, np.ndarray] | None:
     """Interpolated precision at the 101 recall thresholds and final recall per IoU threshold (None: no gt)."""
     if not matches:
         return None
@@ -250,7 +251,7 @@ def evaluate_lvis(gt: Mapping, results: Sequence[dict], fixed_ap: bool = True) -
     return LvisEvaluation(gt, detections).summarize(max_dets=STANDARD_DETECTIONS_PER_IMAGE)
 
 
-def summary_lines(summary: Mapping[str, float], max_dets: int) -> List[str]:
+def summary_lines(summary: Mapping[str, float], max_dets: int) -> list[str]:
     """The official LVIS summary lines, e.g. ` Average Precision  (AP) @[ IoU=0.50      | area=   all |
     maxDets= -1 catIds=  r] = 0.123`: the metric's name says its IoU, area or frequency group."""
     lines = []
@@ -278,7 +279,7 @@ def write_lvis_csv(summary: Mapping[str, float], csv_file: str, max_dets: int) -
 
 def do_lvis_evaluation(dataset, predictions: Predictions, output_folder: str | None, fixed_ap: bool = True,
                        expected_results: Sequence = (), expected_results_sigma_tol: float = 4
-                       ) -> Tuple[LvisResults, Dict[str, List[dict]]]:
+                       ) -> tuple[LvisResults, dict[str, list[dict]]]:
     """Evaluate detections of an LVIS dataset; writes `bbox.json`, `bbox.csv` and `lvis_results.pth`."""
     if fixed_ap:
         results = prepare_for_lvis_detection(predictions, dataset, "category_id", FIXED_AP_DETECTIONS_PER_CATEGORY)

@@ -1,6 +1,6 @@
 """Sampler giving each process of a distributed run its own share of the dataset."""
 import math
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -17,7 +17,7 @@ class DistributedSampler(Sampler):
     starts) or, when `use_random`, with a fresh seed shared by all processes (DATALOADER.USE_RANDOM_SEED).
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: Optional[int] = None, rank: Optional[int] = None,
+    def __init__(self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None,
                  shuffle: bool = True, use_random: bool = False) -> None:
         if num_replicas is None or rank is None:
             if not (dist.is_available() and dist.is_initialized()):

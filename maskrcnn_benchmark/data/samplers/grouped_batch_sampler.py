@@ -1,5 +1,5 @@
 """Batches whose images all belong to the same group (e.g. portrait vs landscape)."""
-from typing import Iterator, List, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data.sampler import BatchSampler, Sampler
@@ -24,7 +24,7 @@ class GroupedBatchSampler(BatchSampler):
         self.groups = torch.unique(self.group_ids).sort(0)[0]
         self._batches = None
 
-    def _prepare_batches(self) -> List[List[int]]:
+    def _prepare_batches(self) -> list[list[int]]:
         # Work on sampler positions, not dataset indices: a distributed sampler pads its share with repeats.
         sampled = torch.as_tensor(list(self.sampler), dtype=torch.int64)
         positions = torch.arange(len(sampled))
@@ -39,7 +39,7 @@ class GroupedBatchSampler(BatchSampler):
             batches = [batch for batch in batches if len(batch) == self.batch_size]
         return batches
 
-    def __iter__(self) -> Iterator[List[int]]:
+    def __iter__(self) -> Iterator[list[int]]:
         # Reuse the batches computed by __len__ once, so len() and the next pass agree.
         batches = self._batches if self._batches is not None else self._prepare_batches()
         self._batches = None

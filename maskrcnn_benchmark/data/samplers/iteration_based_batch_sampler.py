@@ -1,6 +1,6 @@
 """Batch sampler that re-iterates its base sampler until a fixed number of iterations is reached."""
 import itertools
-from typing import Iterator, List, Tuple
+from collections.abc import Iterator
 
 from torch.utils.data.sampler import BatchSampler
 
@@ -23,7 +23,7 @@ class IterationBasedBatchSampler(BatchSampler):
         if hasattr(self.batch_sampler.sampler, "set_epoch"):
             self.batch_sampler.sampler.set_epoch(pass_start)
 
-    def _resume_position(self) -> Tuple[int, int]:
+    def _resume_position(self) -> tuple[int, int]:
         """(iteration where the pass holding iteration start_iter + 1 starts, batches of it already done)."""
         sampler = self.batch_sampler.sampler
         if not hasattr(sampler, "set_epoch") or getattr(sampler, "use_random", False):
@@ -38,7 +38,7 @@ class IterationBasedBatchSampler(BatchSampler):
                 return pass_start, self.start_iter - pass_start
             pass_start += length
 
-    def __iter__(self) -> Iterator[List[int]]:
+    def __iter__(self) -> Iterator[list[int]]:
         pass_start, done = self._resume_position()
         iteration = pass_start + done
         while iteration < self.num_iterations:

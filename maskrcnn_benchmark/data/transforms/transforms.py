@@ -1,6 +1,6 @@
 """Joint image/BoxList transforms of the GLIP input pipeline (PIL image in, normalized tensor out)."""
 import random
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -8,13 +8,13 @@ from torchvision.transforms import functional as F
 
 from maskrcnn_benchmark.structures.bounding_box import FLIP_LEFT_RIGHT, BoxList
 
-Target = Optional[BoxList]
+Target = BoxList | None
 
 
 class Compose:
     """Apply transforms in order to (image, target); returns the image alone when no target is given."""
 
-    def __init__(self, transforms: List[Callable]) -> None:
+    def __init__(self, transforms: list[Callable]) -> None:
         self.transforms = transforms
 
     def __call__(self, image, target: Target = None):
@@ -29,7 +29,7 @@ class Compose:
         return f"{self.__class__.__name__}({lines}\n)"
 
 
-def resized_shape(image_size: Tuple[int, int], short_side: int, max_size: Optional[int]) -> Tuple[int, int]:
+def resized_shape(image_size: tuple[int, int], short_side: int, max_size: int | None) -> tuple[int, int]:
     """(height, width) after resizing a (width, height) image so its short side is `short_side`, long <= max_size.
 
     When the long side would exceed `max_size`, the short side becomes round(max_size * short / long). The long
@@ -57,12 +57,12 @@ class Resize:
     With `restrict` (INPUT.FIX_RES) the image is resized to exactly (height, width) = (min_size, max_size).
     """
 
-    def __init__(self, min_size: Union[int, Sequence[int]], max_size: Optional[int], restrict: bool = False) -> None:
+    def __init__(self, min_size: int | Sequence[int], max_size: int | None, restrict: bool = False) -> None:
         self.min_size = tuple(min_size) if isinstance(min_size, (list, tuple)) else (min_size,)
         self.max_size = max_size
         self.restrict = restrict
 
-    def get_size(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
+    def get_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """Output (height, width) for an input (width, height); draws the short side with Python `random`."""
         size = random.choice(self.min_size)
         if self.restrict:

@@ -1,5 +1,4 @@
 """The vision backbone of GLIP: Swin Transformer body + FPN with P6/P7 (SWINT-FPN-RETINANET)."""
-from typing import List
 
 import torch
 from torch import nn
@@ -21,7 +20,7 @@ class SwinFPNBackbone(nn.Module):
         self.fpn = fpn
         self.out_channels = fpn.out_channels
 
-    def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) normalised images -> [P3, P4, P5, P6, P7], each (B, out_channels, h, w)."""
         return self.fpn(self.body(images))
 

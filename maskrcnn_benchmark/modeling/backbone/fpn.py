@@ -1,5 +1,5 @@
 """Feature pyramid network with RetinaNet's extra P6/P7 levels, as GLIP's `backbone.fpn`."""
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ class LastLevelP6P7(nn.Module):
         # The official code starts from P5 when its width matches, else from the backbone's C5.
         self.use_p5 = in_channels == out_channels
 
-    def forward(self, c5: torch.Tensor, p5: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, c5: torch.Tensor, p5: torch.Tensor) -> list[torch.Tensor]:
         """Return [P6, P7]."""
         p6 = self.p6(p5 if self.use_p5 else c5)
         return [p6, self.p7(F.relu(p6))]
@@ -42,7 +42,7 @@ class FPN(nn.Module):
     """Top-down FPN: 1x1 laterals, nearest upsampling to each lateral's size, 3x3 output convs, extra top levels."""
 
     def __init__(self, in_channels_list: Sequence[int], out_channels: int,
-                 top_blocks: Optional[LastLevelP6P7] = None, drop_block: Optional[nn.Module] = None):
+                 top_blocks: LastLevelP6P7 | None = None, drop_block: nn.Module | None = None):
         """`in_channels_list[i] == 0` skips level i; modules of level i are named fpn_inner{i+1}/fpn_layer{i+1}."""
         super().__init__()
         self.out_channels = out_channels
@@ -58,7 +58,7 @@ class FPN(nn.Module):
         self.top_blocks = top_blocks
         self.drop_block = drop_block
 
-    def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Map backbone features (shallowest first; the last len(levels) are used) to outputs, finest first."""
         features = features[-len(self.inner_blocks):]
         last_inner = getattr(self, self.inner_blocks[-1])(features[-1])

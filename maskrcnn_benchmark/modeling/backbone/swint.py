@@ -1,6 +1,6 @@
 """Swin Transformer (v1) image encoder, as GLIP's `backbone.body`."""
 import math
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +107,7 @@ class WindowAttention(UsesExecutionPlan, nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
-    def forward(self, windows: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend within each window of (B * num_windows, N, C); `mask` is (num_windows, N, N) or None."""
         batch_windows = windows.shape[0]
         chunked = self.execution_plan.chunked_inference and not torch.is_grad_enabled()
@@ -117,7 +117,7 @@ class WindowAttention(UsesExecutionPlan, nn.Module):
         return torch.cat([self._attend(windows[start:start + WINDOW_CHUNK], mask, start)
                           for start in range(0, batch_windows, WINDOW_CHUNK)])
 
-    def _attend(self, windows: torch.Tensor, mask: Optional[torch.Tensor], first_window: int) -> torch.Tensor:
+    def _attend(self, windows: torch.Tensor, mask: torch.Tensor | None, first_window: int) -> torch.Tensor:
         """Attention of consecutive windows, the first being window `first_window` of the batch (for its mask)."""
         batch_windows, n, c = windows.shape
         q, k, v = self.qkv(windows).view(batch_windows, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
@@ -152,7 +152,7 @@ class SwinTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, height: int, width: int, shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, height: int, width: int, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """Transform tokens (B, H*W, C); `shift_mask` is the padded map's mask, used by shifted blocks only."""
         b, _, c = x.shape
         ws = self.window_size
@@ -210,7 +210,7 @@ class BasicLayer(UsesExecutionPlan, nn.Module):
         )
         self.downsample = PatchMerging(dim) if downsample else None
 
-    def forward(self, x: torch.Tensor, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor, int, int]:
+    def forward(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         """Return (stage output, input of the next stage, next height, next width)."""
         ws = self.window_size
         shift_mask = None
@@ -240,7 +240,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(embed_dim)
 
-    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         """Return tokens (B, H'*W', C) and the token grid size (H', W')."""
         h, w = images.shape[-2:]
         pad_b, pad_r = (-h) % self.patch_size, (-w) % self.patch_size
@@ -283,7 +283,7 @@ class SwinTransformer(nn.Module):
                 self.add_module(f"norm{i}", norm)
         self._freeze_stages()
 
-    def frozen_modules(self) -> List[nn.Module]:
+    def frozen_modules(self) -> list[nn.Module]:
         """Modules frozen by `frozen_stages`: the patch embedding (>= 0) and the first `frozen_stages - 1` stages."""
         modules = [self.patch_embed] if self.frozen_stages >= 0 else []
         return modules + list(self.layers[:max(self.frozen_stages - 1, 0)])
@@ -300,7 +300,7 @@ class SwinTransformer(nn.Module):
         self._freeze_stages()
         return self
 
-    def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Return the (B, C_i, H_i, W_i) outputs of the stages named in `out_features`, shallowest first."""
         x, height, width = self.patch_embed(images)
         outputs = []

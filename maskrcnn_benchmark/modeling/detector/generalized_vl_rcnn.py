@@ -1,5 +1,4 @@
 """GeneralizedVLRCNN: GLIP's detector (Swin+FPN, BERT, VLDyHead with ATSS)."""
-from typing import Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -13,7 +12,7 @@ from ..backbone import build_backbone
 from ..language_backbone import build_language_backbone, build_language_config
 from ..rpn import build_rpn
 
-PositiveMap = Union[torch.Tensor, Dict[int, List[int]], List[Dict[int, List[int]]]]
+PositiveMap = torch.Tensor | dict[int, list[int]] | list[dict[int, list[int]]]
 
 
 class GeneralizedVLRCNN(nn.Module):
@@ -93,19 +92,19 @@ class GeneralizedVLRCNN(nn.Module):
         self._apply_freezing()
         return self
 
-    def tokenize(self, captions: List[str], device: Union[str, torch.device]) -> Dict[str, torch.Tensor]:
+    def tokenize(self, captions: list[str], device: str | torch.device) -> dict[str, torch.Tensor]:
         """Tokenise captions the way the model expects them (MAX_QUERY_LEN, PAD_MAX)."""
         return tokenize_captions(self.tokenizer, captions, self.max_query_len, self.pad_max).to(device)
 
     def forward(
         self,
-        images: Union[ImageList, torch.Tensor, List[torch.Tensor]],
-        targets: Optional[List[BoxList]] = None,
-        captions: Optional[List[str]] = None,
-        positive_map: Optional[PositiveMap] = None,
-        greenlight_map: Optional[torch.Tensor] = None,
-        tokenized: Optional[Dict[str, torch.Tensor]] = None,
-    ) -> Union[List[BoxList], Dict[str, torch.Tensor]]:
+        images: ImageList | torch.Tensor | list[torch.Tensor],
+        targets: list[BoxList] | None = None,
+        captions: list[str] | None = None,
+        positive_map: PositiveMap | None = None,
+        greenlight_map: torch.Tensor | None = None,
+        tokenized: dict[str, torch.Tensor] | None = None,
+    ) -> list[BoxList] | dict[str, torch.Tensor]:
         """Loss dict in training mode, detections (BoxList with `scores` and `labels`) in eval mode.
 
         `positive_map` is the (boxes, tokens) 0/1 matrix of all targets in training and the label -> token
@@ -136,7 +135,7 @@ class GeneralizedVLRCNN(nn.Module):
         detections, losses = self.rpn(images, visual_features, targets, language_dict_features, positive_map)
         return losses if self.training else detections
 
-    def _trim_padding(self, tokenized: Dict[str, torch.Tensor], positive_map: PositiveMap) -> Dict[str, torch.Tensor]:
+    def _trim_padding(self, tokenized: dict[str, torch.Tensor], positive_map: PositiveMap) -> dict[str, torch.Tensor]:
         """Drop the padding columns after the longest caption of the batch (and after every token positive_map
         names).
 
@@ -160,7 +159,7 @@ class GeneralizedVLRCNN(nn.Module):
         return {key: value[:, :length] if value.dim() == 2 and value.shape[1] == num_tokens else value
                 for key, value in tokenized.items()}
 
-    def encode_language(self, tokenized: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def encode_language(self, tokenized: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run the language backbone on tokenised captions."""
         text_input = {"input_ids": tokenized["input_ids"], "attention_mask": tokenized["attention_mask"]}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_language_backbone):

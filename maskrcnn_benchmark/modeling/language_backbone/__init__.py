@@ -3,8 +3,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from .bert_model import (BertEncoder, has_pretrained_weights, load_language_config,
-                         resolve_language_source)
+from .bert_model import BertEncoder, has_pretrained_weights, load_language_config, resolve_language_source
 
 __all__ = ["build_language_backbone", "build_language_config", "BertEncoder"]
 

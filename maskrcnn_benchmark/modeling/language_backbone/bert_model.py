@@ -1,6 +1,5 @@
 """BERT text encoder of GLIP (the `language_backbone.body` module)."""
 from pathlib import Path
-from typing import Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -11,7 +10,7 @@ from maskrcnn_benchmark.text import SHIPPED_BERT_DIR
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def resolve_language_source(path: str, model_type: str) -> Union[str, Path]:
+def resolve_language_source(path: str, model_type: str) -> str | Path:
     """Return where to read the language model from: `path` if set, else the shipped copy of `model_type`."""
     if path:
         return path
@@ -23,7 +22,7 @@ def resolve_language_source(path: str, model_type: str) -> Union[str, Path]:
     return SHIPPED_BERT_DIR
 
 
-def load_language_config(source: Union[str, Path]) -> BertConfig:
+def load_language_config(source: str | Path) -> BertConfig:
     """Load the BertConfig of a local folder (with config.json) or a Hugging Face model name."""
     config = BertConfig.from_pretrained(str(source))
     if config.model_type != "bert":
@@ -35,7 +34,7 @@ class BertEncoder(nn.Module):
     """BERT whose last `num_layers` hidden states, averaged, are GLIP's token features."""
 
     def __init__(self, config: BertConfig, num_layers: int = 1, use_checkpoint: bool = False,
-                 pretrained_source: Optional[Union[str, Path]] = None):
+                 pretrained_source: str | Path | None = None):
         super().__init__()
         if pretrained_source is not None:
             self.model = BertModel.from_pretrained(str(pretrained_source), config=config, add_pooling_layer=False)
@@ -46,7 +45,7 @@ class BertEncoder(nn.Module):
         self.language_dim = config.hidden_size
         self.num_layers = num_layers
 
-    def forward(self, tokenized: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def forward(self, tokenized: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Encode `input_ids`/`attention_mask` into GLIP's language feature dict."""
         mask = tokenized["attention_mask"]
         outputs = self.model(input_ids=tokenized["input_ids"], attention_mask=mask, output_hidden_states=True)
@@ -58,7 +57,7 @@ class BertEncoder(nn.Module):
         return {"aggregate": aggregate, "embedded": embedded, "masks": mask, "hidden": encoded_layers[-1]}
 
 
-def has_pretrained_weights(source: Union[str, Path]) -> bool:
+def has_pretrained_weights(source: str | Path) -> bool:
     """True when `source` is a local folder that holds BERT weights."""
     folder = Path(source)
     return folder.is_dir() and any((folder / name).is_file() for name in _WEIGHT_FILES)

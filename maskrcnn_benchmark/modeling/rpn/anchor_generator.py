@@ -1,5 +1,5 @@
 """Anchors of the ATSS head: one set of cell anchors per FPN level, shifted over the feature map grid."""
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -8,7 +8,7 @@ from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList
 
 
-def _width_height_center(boxes: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+def _width_height_center(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Legacy (+1) width, height and centre of xyxy boxes (..., 4)."""
     widths = boxes[..., 2] - boxes[..., 0] + 1
     heights = boxes[..., 3] - boxes[..., 1] + 1
@@ -81,11 +81,11 @@ class AnchorGenerator(nn.Module):
         self.cell_anchors = BufferList(cell_anchors)
         self.straddle_thresh = straddle_thresh
 
-    def num_anchors_per_location(self) -> List[int]:
+    def num_anchors_per_location(self) -> list[int]:
         """Number of cell anchors at each level."""
         return [len(cell_anchors) for cell_anchors in self.cell_anchors]
 
-    def grid_anchors(self, grid_sizes: Sequence[Tuple[int, int]]) -> List[torch.Tensor]:
+    def grid_anchors(self, grid_sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
         """Per level, (H*W*A, 4) anchors: location-major in (h, w) order, cell anchors fastest."""
         anchors = []
         for (grid_height, grid_width), stride, cell_anchors in zip(grid_sizes, self.strides, self.cell_anchors):
@@ -110,7 +110,7 @@ class AnchorGenerator(nn.Module):
             & (anchors[:, 3] < image_height + self.straddle_thresh)
         )
 
-    def forward(self, image_list: ImageList, feature_maps: Sequence[torch.Tensor]) -> List[List[BoxList]]:
+    def forward(self, image_list: ImageList, feature_maps: Sequence[torch.Tensor]) -> list[list[BoxList]]:
         """Per image, per level: the anchors of the padded feature maps, sized to that image."""
         grid_sizes = [tuple(feature_map.shape[-2:]) for feature_map in feature_maps]
         anchors_per_level = self.grid_anchors(grid_sizes)

@@ -1,6 +1,6 @@
 """ATSS post-processing: token logits -> class scores -> per-level top-k -> boxes -> class-aware NMS."""
 from collections import defaultdict
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ SCORE_AGGREGATIONS = ("MEAN", "MAX")
 
 
 def token_to_class_scores(
-    token_probs: torch.Tensor, positive_map: Dict[int, List[int]], num_classes: int, score_agg: str = "MEAN"
+    token_probs: torch.Tensor, positive_map: dict[int, list[int]], num_classes: int, score_agg: str = "MEAN"
 ) -> torch.Tensor:
     """(N, A, T) token probabilities -> (N, A, C) scores; column label-1 aggregates that label's tokens.
 
@@ -72,8 +72,8 @@ class ATSSPostProcessor(UsesExecutionPlan, nn.Module):
         centerness: torch.Tensor,
         anchors: Sequence[BoxList],
         dot_product_logits: torch.Tensor,
-        positive_map: Dict[int, List[int]],
-    ) -> List[BoxList]:
+        positive_map: dict[int, list[int]],
+    ) -> list[BoxList]:
         """Candidates of one level for each image: score threshold, top-k, decode and clip."""
         N, _, H, W = box_regression.shape
         A = box_regression.size(1) // 4
@@ -109,8 +109,8 @@ class ATSSPostProcessor(UsesExecutionPlan, nn.Module):
         centerness: Sequence[torch.Tensor],
         anchors: Sequence[Sequence[BoxList]],
         dot_product_logits: Sequence[torch.Tensor],
-        positive_map: Dict[int, List[int]] | Sequence[Dict[int, List[int]]],
-    ) -> List[BoxList]:
+        positive_map: dict[int, list[int]] | Sequence[dict[int, list[int]]],
+    ) -> list[BoxList]:
         """Pre-NMS candidates of every level, concatenated per image (the input of select_over_all_levels).
 
         `positive_map` is one label -> tokens dict for the whole batch, or a list of one dict per image (a batch
@@ -135,8 +135,8 @@ class ATSSPostProcessor(UsesExecutionPlan, nn.Module):
         centerness: Sequence[torch.Tensor],
         anchors: Sequence[Sequence[BoxList]],
         dot_product_logits: Sequence[torch.Tensor],
-        positive_maps: Sequence[Dict[int, List[int]]],
-    ) -> List[BoxList]:
+        positive_maps: Sequence[dict[int, list[int]]],
+    ) -> list[BoxList]:
         """select_candidates of each image alone, with that image's label -> tokens map."""
         if len(positive_maps) != len(anchors):
             raise ValueError(f"{len(positive_maps)} positive maps for a batch of {len(anchors)} images: pass one "
@@ -155,15 +155,15 @@ class ATSSPostProcessor(UsesExecutionPlan, nn.Module):
         centerness: Sequence[torch.Tensor],
         anchors: Sequence[Sequence[BoxList]],
         dot_product_logits: Sequence[torch.Tensor],
-        positive_map: Dict[int, List[int]] | Sequence[Dict[int, List[int]]],
-    ) -> List[BoxList]:
+        positive_map: dict[int, list[int]] | Sequence[dict[int, list[int]]],
+    ) -> list[BoxList]:
         """Detections per image from per-level (N, 4A, H, W) regression, (N, A, H, W) centerness logits,
         per-image per-level anchors and (N, H*W*A, T) dot-product token logits; label ids are positive_map keys
         (one dict for the batch or one per image)."""
         candidates = self.select_candidates(box_regression, centerness, anchors, dot_product_logits, positive_map)
         return self.select_over_all_levels(candidates)
 
-    def select_over_all_levels(self, boxlists: Sequence[BoxList]) -> List[BoxList]:
+    def select_over_all_levels(self, boxlists: Sequence[BoxList]) -> list[BoxList]:
         """Class-aware NMS per image, then keep the fpn_post_nms_top_n best scores (ties at the cut included)."""
         results = []
         for boxlist in boxlists:

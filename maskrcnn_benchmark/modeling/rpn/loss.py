@@ -1,5 +1,5 @@
 """ATSS training loss of GLIP's head: ATSS anchor assignment, GIoU box loss, centerness loss and token loss."""
-from typing import Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as F
@@ -87,8 +87,8 @@ class ATSSLossComputation:
 
     def prepare_targets(
         self, targets: Sequence[BoxList], anchors: Sequence[Sequence[BoxList]], positive_map: torch.Tensor,
-        num_tokens: Optional[int] = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        num_tokens: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per anchor of all images: positive flag (N*A,), matched box (N*A, 4) and token target (N, A, T).
 
         positive_map holds one 0/1 token row per target box, all images concatenated. Background anchors get
@@ -142,7 +142,7 @@ class ATSSLossComputation:
         positive_map: torch.Tensor,
         text_masks: torch.Tensor,
         compiled_kernels: bool = True,
-    ) -> Dict[str, torch.Tensor]:
+    ) -> dict[str, torch.Tensor]:
         """Losses from per-level (N, 4A, H, W) regression, (N, A, H, W) centerness logits and (N, H*W*A, T)
         token logits, per-image targets (xyxy, field "labels"), per-image per-level anchors, the (boxes, T)
         0/1 positive map of all images' boxes and the (N, T) text attention mask. `compiled_kernels=False` keeps

@@ -1,6 +1,5 @@
 """The GLIP "RPN": VLDyHead plus ATSS anchors, training loss and inference post-processing."""
 import math
-from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -37,11 +36,11 @@ class VLDyHeadModule(UsesExecutionPlan, nn.Module):
     def forward(
         self,
         images: ImageList,
-        features: List[torch.Tensor],
-        targets: Optional[List[BoxList]] = None,
-        language_dict_features: Optional[Dict[str, torch.Tensor]] = None,
-        positive_map: Union[torch.Tensor, Dict[int, List[int]], None] = None,
-    ) -> Tuple[Optional[List[BoxList]], Dict[str, torch.Tensor]]:
+        features: list[torch.Tensor],
+        targets: list[BoxList] | None = None,
+        language_dict_features: dict[str, torch.Tensor] | None = None,
+        positive_map: torch.Tensor | dict[int, list[int]] | None = None,
+    ) -> tuple[list[BoxList] | None, dict[str, torch.Tensor]]:
         """Detections and an empty dict in eval mode; None and the loss dict in training mode."""
         if hasattr(self, "tunable_linear"):
             language_dict_features = self._add_prompt_offsets(language_dict_features)
@@ -59,7 +58,7 @@ class VLDyHeadModule(UsesExecutionPlan, nn.Module):
         )
         return boxes, {}
 
-    def _add_prompt_offsets(self, language_dict_features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def _add_prompt_offsets(self, language_dict_features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         num_tokens = language_dict_features["hidden"].shape[1]
         if num_tokens > PROMPT_TUNING_POSITIONS:
             raise ValueError(f"Prompt tuning supports {PROMPT_TUNING_POSITIONS} tokens, got {num_tokens}.")

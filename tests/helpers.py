@@ -77,6 +77,15 @@ def small_cfg():
     return cfg
 
 
+def small_predictor_cfg(options: list):
+    """The small golden config with `options` (KEY VALUE ...) merged, frozen: the predictor, demo and export tests'."""
+    cfg = get_cfg_defaults()
+    cfg.merge_from_file(str(SMALL / "config.yaml"))
+    cfg.merge_from_list(options)
+    cfg.freeze()
+    return cfg
+
+
 def image_list(case: dict) -> ImageList:
     """The golden case's padded image batch."""
     inputs = case["inputs"]

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL
-from helpers import load_tool
+from helpers import load_tool, small_predictor_cfg
 from PIL import Image
 
-from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.data.transforms import build_transforms
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor, build_caption, draw_predictions
 from maskrcnn_benchmark.structures.image_list import to_image_list
@@ -22,11 +21,7 @@ OPTS = ["MODEL.LANGUAGE_BACKBONE.MODEL_PATH", str(SMALL / "bert"), "MODEL.DEVICE
 
 
 def _cfg():
-    cfg = get_cfg_defaults()
-    cfg.merge_from_file(str(SMALL / "config.yaml"))
-    cfg.merge_from_list(OPTS)
-    cfg.freeze()
-    return cfg
+    return small_predictor_cfg(OPTS)
 
 
 def _noise_image(height: int = 120, width: int = 100) -> np.ndarray:

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL
-from helpers import load_tool
+from helpers import load_tool, small_predictor_cfg
 from PIL import Image
 
-from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.data.datasets.coco import COCODataset
 from maskrcnn_benchmark.data.transforms import build_transforms
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor
@@ -24,11 +23,7 @@ ROTATED_90_CLOCKWISE = 6  # the stored pixels must be turned 90 degrees clockwis
 
 
 def _cfg():
-    cfg = get_cfg_defaults()
-    cfg.merge_from_file(str(SMALL / "config.yaml"))
-    cfg.merge_from_list(OPTS)
-    cfg.freeze()
-    return cfg
+    return small_predictor_cfg(OPTS)
 
 
 def _dataset(folder: Path, files: dict, transforms=None) -> COCODataset:

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL
-from helpers import load_tool
+from helpers import load_tool, small_predictor_cfg
 from PIL import Image
 
-from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor
 
 MISSING = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
@@ -24,11 +23,7 @@ EXPORT_SIZE = (192, 160)
 
 
 def _cfg():
-    cfg = get_cfg_defaults()
-    cfg.merge_from_file(str(SMALL / "config.yaml"))
-    cfg.merge_from_list(OPTS)
-    cfg.freeze()
-    return cfg
+    return small_predictor_cfg(OPTS)
 
 
 def _images():

@@ -14,7 +14,7 @@ from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.config.compat import check_supported
 from maskrcnn_benchmark.data.build import make_data_loader
 from maskrcnn_benchmark.data.evaluation.flickr_eval import FlickrGroundTruth, evaluate_flickr_recall, parse_sentences
-from maskrcnn_benchmark.engine.trainer import evaluate_model
+from maskrcnn_benchmark.engine.evaluation import evaluate_model
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.text import load_shipped_tokenizer
 

@@ -1,5 +1,7 @@
-"""The hooks of evaluation during training: model_best, SOLVER.USE_AUTOSTEP, SOLVER.AUTO_TERMINATE_PATIENCE."""
+"""The training loop's hooks: model_best, SOLVER.USE_AUTOSTEP, SOLVER.AUTO_TERMINATE_PATIENCE, and the default
+hook list; the loop's wiring with a scripted evaluation."""
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,8 +11,14 @@ from torch.utils.data import DataLoader, Dataset
 from maskrcnn_benchmark.config import get_cfg_defaults
 from maskrcnn_benchmark.data import CollatedBatch
 from maskrcnn_benchmark.data.build import make_batch_data_sampler, make_data_sampler
-from maskrcnn_benchmark.engine import trainer
-from maskrcnn_benchmark.engine.hooks import AutoStepHook, BestModelHook, EarlyTerminationHook, validation_hooks
+from maskrcnn_benchmark.engine import hooks, trainer
+from maskrcnn_benchmark.engine.hooks import (
+    AutoStepHook,
+    BestModelHook,
+    EarlyTerminationHook,
+    default_hooks,
+    validation_hooks,
+)
 from maskrcnn_benchmark.solver import make_lr_scheduler, make_optimizer
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import to_image_list
@@ -54,22 +62,20 @@ def solver_cfg(output_dir, **solver):
     return cfg
 
 
-def saver(checkpointer):
-    return lambda name, arguments: trainer.save_checkpoint(checkpointer, name, arguments, tag_last=False)
-
-
 def test_model_best_holds_the_best_evaluated_state(tmp_path):
     model = LinearDetector()
     checkpointer = Checkpointer(model, save_dir=str(tmp_path), save_to_disk=True)
     checkpointer.save("model_0000001")
-    hook = BestModelHook(saver(checkpointer))
+    hook = BestModelHook()
     arguments = {"iteration": 0}
+    running = SimpleNamespace(arguments=arguments, checkpointer=checkpointer)
     states = {}
     for iteration, average_precision in [(2, 0.3), (4, 0.2), (6, 0.3), (8, 0.1)]:
         with torch.no_grad():
             model.body.weight.fill_(iteration)
         states[iteration] = model.state_dict()["body.weight"].clone()
-        assert hook.after_evaluation(iteration, average_precision, arguments) is False
+        arguments["iteration"] = iteration
+        assert hook.after_evaluation(running, average_precision) is False
     best = read_checkpoint(str(tmp_path / "model_best.pth"))
     # As officially an AP equal to the best replaces it: iteration 6, not 2.
     assert best["best_eval"] == {"iteration": 6, "ap": 0.3}
@@ -85,11 +91,12 @@ def test_autostep_hook_lowers_the_lr_after_a_plateau(tmp_path, caplog):
     optimizer = make_optimizer(cfg, model)
     scheduler = make_lr_scheduler(cfg, optimizer)
     scheduler.step()  # the one warm-up iteration
-    hook = AutoStepHook(scheduler, optimizer)
+    hook = AutoStepHook()
     lrs = []
     with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.trainer"):
         for iteration, average_precision in enumerate([0.4, 0.4, 0.4, 0.4, 0.4, 0.4], start=1):
-            hook.after_evaluation(iteration, average_precision, {})
+            running = SimpleNamespace(arguments={"iteration": iteration}, optimizer=optimizer, scheduler=scheduler)
+            hook.after_evaluation(running, average_precision)
             lrs.append(optimizer.param_groups[0]["lr"])
     assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05, 0.05])
     assert "Iteration 4: the validation AP stalled; learning rate 0.1 -> 0.05" in caplog.text
@@ -98,20 +105,37 @@ def test_autostep_hook_lowers_the_lr_after_a_plateau(tmp_path, caplog):
 def test_early_termination_after_the_patience():
     hook = EarlyTerminationHook(patience=2)
     arguments = {"best_eval": {"iteration": 2, "ap": 0.5}}
+    running = SimpleNamespace(arguments=arguments)
     stops = []
     for iteration, waited in [(4, 1), (6, 2)]:
-        arguments["evaluations_since_best"] = waited
-        stops.append(hook.after_evaluation(iteration, 0.1, arguments))
+        arguments["iteration"], arguments["evaluations_since_best"] = iteration, waited
+        stops.append(hook.after_evaluation(running, 0.1))
     assert stops == [False, True] and arguments["auto_terminated_at"] == 6
-    assert hook.before_train(arguments) is True
-    assert EarlyTerminationHook(2).before_train({"iteration": 0}) is False
+    assert hook.before_train(running) is True
+    assert EarlyTerminationHook(2).before_train(SimpleNamespace(arguments={"iteration": 0})) is False
 
 
 def test_validation_hooks_follow_the_config(tmp_path):
-    names = lambda cfg: [type(h).__name__ for h in validation_hooks(cfg, None, None, lambda *_: None)]  # noqa: E731
+    names = lambda cfg: [type(h).__name__ for h in validation_hooks(cfg)]  # noqa: E731
     assert names(solver_cfg(tmp_path)) == ["BestModelHook"]
     assert names(solver_cfg(tmp_path, USE_AUTOSTEP=True, AUTO_TERMINATE_PATIENCE=3)) == [
         "AutoStepHook", "BestModelHook", "EarlyTerminationHook"]
+
+
+def test_default_hooks_follow_the_config(tmp_path, caplog):
+    names = lambda hook_list: [type(h).__name__ for h in hook_list]  # noqa: E731
+    cfg = solver_cfg(tmp_path, USE_AUTOSTEP=True)
+    assert names(default_hooks(cfg, [None], 5, 12)) == [
+        "LoggingHook", "EvaluationHook", "AutoStepHook", "BestModelHook", "PeriodicCheckpointHook", "LossCurveHook"]
+    with caplog.at_level(logging.WARNING, logger="maskrcnn_benchmark.trainer"):
+        without_validation = default_hooks(cfg, None, 5, 12)
+    assert names(without_validation) == ["LoggingHook", "PeriodicCheckpointHook", "LossCurveHook"]
+    assert "set TEST.DURING_TRAINING True, or they change nothing" in caplog.text
+    # Without TEST.EVAL_PERIOD the evaluation follows the checkpoints; the last iteration is evaluated during
+    # training only when TEST.AFTER_TRAINING does not evaluate the trained model anyway.
+    cfg.TEST.EVAL_PERIOD, cfg.TEST.AFTER_TRAINING = 0, False
+    evaluation = default_hooks(cfg, [None], 5, 12)[1]
+    assert (evaluation.period, evaluation.at_end) == (5, True)
 
 
 def run(cfg, val_loader):
@@ -136,7 +160,7 @@ def test_the_training_loop_stops_after_the_patience_and_stays_stopped(tmp_path, 
     # The loop's wiring, with the COCO evaluation replaced by a scripted AP per evaluation (the evaluation itself
     # is tested in test_evaluation.py): best at iteration 4, then two evaluations below it.
     scripted = iter([0.2, 0.5, 0.3, 0.1, 0.9, 0.9])
-    monkeypatch.setattr(trainer, "evaluate_model", lambda *args, **kwargs: next(scripted))
+    monkeypatch.setattr(hooks, "evaluate_model", lambda *args, **kwargs: next(scripted))
     cfg = solver_cfg(tmp_path, AUTO_TERMINATE_PATIENCE=2)
     with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.trainer"):
         arguments = run(cfg, val_loader=[None])

@@ -11,8 +11,7 @@ import os
 from torch import nn
 
 from maskrcnn_benchmark.config import cfg as default_cfg
-from maskrcnn_benchmark.data import make_data_loader
-from maskrcnn_benchmark.engine.inference import inference
+from maskrcnn_benchmark.engine.evaluation import evaluate_test_sets
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer, missing_weights_error
 from maskrcnn_benchmark.utils.comm import get_local_rank, get_rank, synchronize
@@ -26,7 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config-file", default="configs/pretrain/glip_Swin_T_O365_GoldG.yaml", metavar="FILE",
                         help="path to config file")
     parser.add_argument("--weight", default=None, metavar="FILE", help="checkpoint to evaluate (else MODEL.WEIGHT)")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help="set by torch.distributed.launch; torchrun sets LOCAL_RANK instead")
     parser.add_argument("--world-size", default=1, type=int, help="number of distributed processes")
     parser.add_argument("--dist-url", default="env://", help="url used to set up distributed inference")
     parser.add_argument("--task_config", default=None, help="comma-separated configs, each evaluated in turn")
@@ -40,30 +40,6 @@ def check_dist_url(dist_url: str) -> None:
     if dist_url != "env://":
         raise SystemExit(f"--dist-url {dist_url}: only env:// is supported (the process group comes from torchrun's "
                          f"RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT). Launch with torchrun and drop --dist-url.")
-
-
-def evaluate_datasets(model: nn.Module, cfg, log_dir: str, distributed: bool) -> dict[str, object]:
-    """Run `inference` on every dataset of cfg.DATASETS.TEST; dataset name -> its result (None off rank 0)."""
-    dataset_names = list(cfg.DATASETS.TEST)
-    if dataset_names and isinstance(dataset_names[0], (list, tuple)):
-        dataset_names = [name for group in dataset_names for name in group]
-    output_folders = [os.path.join(log_dir, "inference", name) if log_dir else None for name in dataset_names]
-    for folder in output_folders:
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-    data_loaders = make_data_loader(cfg, is_train=False, is_distributed=distributed)
-    # Proposal evaluation only applies to RPN-only detectors; GLIP's head gives final detections.
-    box_only = cfg.MODEL.RPN_ONLY and (cfg.MODEL.RPN_ARCHITECTURE == "RPN" or cfg.DATASETS.CLASS_AGNOSTIC)
-    results = {}
-    for folder, name, data_loader in zip(output_folders, dataset_names, data_loaders):
-        results[name] = inference(
-            model, data_loader, dataset_name=name, iou_types=("bbox",), box_only=box_only,
-            device=resolve_device(cfg.MODEL.DEVICE, int(os.environ.get("LOCAL_RANK", "0"))),
-            expected_results=cfg.TEST.EXPECTED_RESULTS,
-            expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL, output_folder=folder, cfg=cfg,
-        )
-        synchronize()
-    return results
 
 
 def check_weights_given(weight: str | None, cfg) -> None:
@@ -83,8 +59,9 @@ def main(argv: list[str] | None = None, model: nn.Module | None = None) -> dict[
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    device = resolve_device(cfg.MODEL.DEVICE, get_local_rank() if args.local_rank is None else args.local_rank)
     # The backend follows the device (nccl, hccl or gloo), as in training.
-    distributed = init_distributed(resolve_device(cfg.MODEL.DEVICE, get_local_rank()), cfg.SOLVER.DDP_TIMEOUT_MINUTES)
+    distributed = init_distributed(device, cfg.SOLVER.DDP_TIMEOUT_MINUTES)
     synchronize()
 
     log_dir = cfg.OUTPUT_DIR
@@ -100,7 +77,7 @@ def main(argv: list[str] | None = None, model: nn.Module | None = None) -> dict[
     if model is None:
         check_weights_given(args.weight, cfg)
         model = build_detection_model(cfg)
-        model.to(resolve_device(cfg.MODEL.DEVICE, int(os.environ.get("LOCAL_RANK", "0"))))
+        model.to(device)
         checkpointer = DetectronCheckpointer(cfg, model, save_dir=cfg.OUTPUT_DIR)
         # As official: --weight is loaded as given; otherwise OUTPUT_DIR's last checkpoint wins over MODEL.WEIGHT.
         if args.weight:
@@ -109,14 +86,14 @@ def main(argv: list[str] | None = None, model: nn.Module | None = None) -> dict[
             checkpointer.load(cfg.MODEL.WEIGHT)
 
     if not args.task_config:
-        return evaluate_datasets(model, cfg, log_dir, distributed)
+        return evaluate_test_sets(cfg, model, device, distributed, log_dir)
     results = {}
     for task_config in args.task_config.split(","):
         task_cfg = cfg.clone()
         task_cfg.defrost()
         task_cfg.merge_from_file(task_config)
         task_cfg.merge_from_list(args.opts)
-        results.update(evaluate_datasets(model, task_cfg, log_dir, distributed))
+        results.update(evaluate_test_sets(task_cfg, model, device, distributed, log_dir))
     return results
 
 

@@ -21,10 +21,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from maskrcnn_benchmark.config import get_cfg_defaults  # noqa: E402
-from maskrcnn_benchmark.data import make_data_loader  # noqa: E402
+from maskrcnn_benchmark.engine.evaluation import evaluate_test_sets, headline_metrics  # noqa: E402
 from maskrcnn_benchmark.engine.train_loop import Trainer, checkpoint_period_of, find_weight  # noqa: E402,F401
-from maskrcnn_benchmark.engine.trainer import evaluate_model  # noqa: E402
-from maskrcnn_benchmark.utils.comm import get_local_rank, get_rank, get_world_size, synchronize  # noqa: E402
+from maskrcnn_benchmark.utils.comm import get_local_rank, get_rank, get_world_size  # noqa: E402
 from maskrcnn_benchmark.utils.device import init_distributed, resolve_device, set_current_device  # noqa: E402
 from maskrcnn_benchmark.utils.logger import setup_logger  # noqa: E402
 from maskrcnn_benchmark.utils.metric_logger import summary_writer_class  # noqa: E402
@@ -88,18 +87,11 @@ def train(cfg, device: torch.device, distributed: bool, use_tensorboard: bool = 
     return trainer.module
 
 
-def run_test(cfg, model: torch.nn.Module, distributed: bool) -> dict:
-    """COCO box AP of `model` on each dataset of DATASETS.TEST (results in OUTPUT_DIR/inference/<name>/)."""
-    names = list(cfg.DATASETS.TEST)
-    data_loaders = make_data_loader(cfg, is_train=False, is_distributed=distributed)
-    results = {}
-    for name, data_loader in zip(names, data_loaders):
-        folder = os.path.join(cfg.OUTPUT_DIR, "inference", name) if cfg.OUTPUT_DIR else None
-        if folder:
-            mkdir(folder)
-        results[name] = evaluate_model(cfg, model, data_loader, torch.device(cfg.MODEL.DEVICE), name, folder)
-        synchronize()
-    return results
+def run_test(cfg, model: torch.nn.Module, distributed: bool) -> dict[str, float]:
+    """The headline metric (box AP; Recall@1 for grounding) of `model` on each DATASETS.TEST set, on every process
+    (results in OUTPUT_DIR/inference/<name>/)."""
+    results = evaluate_test_sets(cfg, model, torch.device(cfg.MODEL.DEVICE), distributed, cfg.OUTPUT_DIR)
+    return headline_metrics(results)
 
 
 def main(argv: list[str] | None = None) -> torch.nn.Module:

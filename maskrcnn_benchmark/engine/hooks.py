@@ -1,28 +1,120 @@
-"""Hooks the training loop calls after each evaluation during training: best model, LR auto-step, early stop.
+"""The training loop's hooks (engine.train_loop.Trainer calls them): logging, evaluation during training,
+model_best, the LR auto-step, early termination, periodic checkpoints and the loss curve.
 
-Each hook keeps its state in the loop's `arguments`, which travel in every checkpoint, so that a resumed run
-continues with the same best AP, patience count and schedule.
+Hooks keep their state in the trainer's `arguments`, which travel in every checkpoint, so that a resumed run
+continues with the same best AP, patience count and schedule. Under DDP every process calls every hook (checkpoints
+and evaluations are collectives); what is logged or drawn comes from rank 0.
 """
 import logging
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Iterable
+
+from maskrcnn_benchmark.utils.comm import is_main_process
+
+from .evaluation import evaluate_model
+from .trainer import log_line, log_skip_totals, log_training_summary, save_checkpoint, write_loss_curve
 
 logger = logging.getLogger("maskrcnn_benchmark.trainer")
 
 
 class TrainingHook:
-    """Base hook: each method does nothing unless a subclass overrides it."""
+    """Base hook: each method does nothing unless a subclass overrides it; `trainer` is the Trainer running."""
 
-    def before_train(self, arguments: dict[str, Any]) -> bool:
+    def before_train(self, trainer) -> bool:
         """Called once before the first iteration of this run (also on resume); True: train no further."""
         return False
 
-    def after_evaluation(self, iteration: int, average_precision: float, arguments: dict[str, Any]) -> bool:
+    def after_step(self, trainer) -> bool:
+        """Called after each iteration (trainer.arguments["iteration"]); True asks the loop to stop."""
+        return False
+
+    def after_evaluation(self, trainer, average_precision: float) -> bool:
         """Called after each evaluation during training; True asks the loop to stop."""
         return False
 
-    def after_train(self, arguments: dict[str, Any]) -> None:
+    def after_train(self, trainer) -> None:
         """Called once after the last iteration of this run."""
+
+
+class LoggingHook(TrainingHook):
+    """The log line every `period` iterations and at the last one; at the end the training time, the throughput
+    and the totals of skipped batches and steps."""
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def after_step(self, trainer) -> bool:
+        """Log the line when the period or the run's last iteration is reached (rank 0, once a step was timed)."""
+        iteration = trainer.arguments["iteration"]
+        due = iteration % self.period == 0 or iteration == trainer.stop_iter
+        if due and is_main_process() and "time" in trainer.meters.meters:
+            logger.info(log_line(trainer.meters, iteration, trainer.stop_iter, trainer.optimizer, trainer.device,
+                                 trainer.arguments["skipped_steps"], trainer.arguments["skipped_batches"]))
+        return False
+
+    def after_train(self, trainer) -> None:
+        """The training summary the launch scripts report, and the skip totals."""
+        log_training_summary(time.perf_counter() - trainer.start_time,
+                             trainer.arguments["iteration"] - trainer.start_iter, trainer.iteration_seconds,
+                             trainer.cfg.SOLVER.IMS_PER_BATCH)
+        log_skip_totals(trainer.arguments)
+
+
+class EvaluationHook(TrainingHook):
+    """Evaluate on `data_loader` every `period` iterations, and at the run's last iteration when `at_end`.
+
+    The model is evaluated (its EMA with SOLVER.USE_EMA_FOR_MONITOR), arguments["eval_result"] records the AP,
+    every hook's after_evaluation sees it, and the model is back in training mode afterwards.
+    """
+
+    def __init__(self, data_loader: Iterable, period: int, at_end: bool):
+        self.data_loader = data_loader
+        self.period = period
+        self.at_end = at_end
+
+    def after_step(self, trainer) -> bool:
+        """Evaluate when due; True when a hook stops the run after the evaluation."""
+        iteration = trainer.arguments["iteration"]
+        if not (iteration % self.period == 0 or self.at_end and iteration == trainer.stop_iter):
+            return False
+        cfg = trainer.cfg
+        monitored = trainer.model
+        if trainer.model_ema is not None and cfg.SOLVER.USE_EMA_FOR_MONITOR:
+            monitored = trainer.model_ema.ema
+        average_precision = evaluate_model(cfg, monitored, self.data_loader, trainer.device)
+        trainer.arguments["eval_result"] = average_precision
+        trainer.model.train()
+        logger.info("Iteration %d: evaluation AP %.4f", iteration, average_precision)
+        return trainer.after_evaluation(average_precision)
+
+
+class PeriodicCheckpointHook(TrainingHook):
+    """model_final at the schedule's last iteration (`max_iter`), else model_<iteration> every `period`
+    iterations and when the run ends early (--early_stop_iteration, early termination)."""
+
+    def __init__(self, period: int, max_iter: int):
+        self.period = period
+        self.max_iter = max_iter
+
+    def after_step(self, trainer) -> bool:
+        """Save when due (a collective: every process calls it)."""
+        iteration = trainer.arguments["iteration"]
+        if iteration == self.max_iter:
+            save_checkpoint(trainer.checkpointer, "model_final", trainer.arguments)
+        elif iteration % self.period == 0 or iteration == trainer.stop_iter or trainer.stop_requested:
+            save_checkpoint(trainer.checkpointer, f"model_{iteration:07d}", trainer.arguments)
+        return False
+
+
+class LossCurveHook(TrainingHook):
+    """loss_curve.png in `output_dir` from the run's loss history, at the end."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def after_train(self, trainer) -> None:
+        """Draw the curve (rank 0)."""
+        write_loss_curve(trainer.arguments["loss_history"], self.output_dir)
 
 
 class BestModelHook(TrainingHook):
@@ -30,21 +122,20 @@ class BestModelHook(TrainingHook):
 
     As officially the best starts at 0.0 and an AP not below it is the new best; arguments["best_eval"] holds
     its iteration and AP (also inside model_best.pth), arguments["evaluations_since_best"] the evaluations since.
-    `save` writes a named checkpoint of the current state with `arguments` (a collective under DDP).
+    model_best leaves `last_checkpoint` where it was: a resume starts from the last periodic checkpoint.
     """
 
-    def __init__(self, save: Callable[[str, dict[str, Any]], None]):
-        self.save = save
-
-    def after_evaluation(self, iteration: int, average_precision: float, arguments: dict[str, Any]) -> bool:
+    def after_evaluation(self, trainer, average_precision: float) -> bool:
         """Save model_best when `average_precision` is not below the best so far, else count the evaluation."""
+        arguments = trainer.arguments
+        iteration = arguments["iteration"]
         best = arguments.setdefault("best_eval", {"iteration": 0, "ap": 0.0})
         if average_precision < best["ap"]:
             arguments["evaluations_since_best"] = arguments.get("evaluations_since_best", 0) + 1
             return False
         arguments["best_eval"] = {"iteration": iteration, "ap": average_precision}
         arguments["evaluations_since_best"] = 0
-        self.save("model_best", arguments)
+        save_checkpoint(trainer.checkpointer, "model_best", arguments, tag_last=False)
         logger.info("Iteration %d: best AP so far (%.4f), saved as model_best", iteration, average_precision)
         return False
 
@@ -52,18 +143,14 @@ class BestModelHook(TrainingHook):
 class AutoStepHook(TrainingHook):
     """SOLVER.USE_AUTOSTEP: give each evaluation's AP to the plateau schedule (WarmupReduceLROnPlateau)."""
 
-    def __init__(self, scheduler, optimizer):
-        self.scheduler = scheduler
-        self.optimizer = optimizer
-
-    def after_evaluation(self, iteration: int, average_precision: float, arguments: dict[str, Any]) -> bool:
+    def after_evaluation(self, trainer, average_precision: float) -> bool:
         """Step the schedule with the AP and log when it lowered the learning rate."""
-        before = [group["lr"] for group in self.optimizer.param_groups]
-        self.scheduler.step(average_precision)
-        after = [group["lr"] for group in self.optimizer.param_groups]
+        before = [group["lr"] for group in trainer.optimizer.param_groups]
+        trainer.scheduler.step(average_precision)
+        after = [group["lr"] for group in trainer.optimizer.param_groups]
         if after != before:
-            logger.info("Iteration %d: the validation AP stalled; learning rate %.6g -> %.6g", iteration,
-                        before[0], after[0])
+            logger.info("Iteration %d: the validation AP stalled; learning rate %.6g -> %.6g",
+                        trainer.arguments["iteration"], before[0], after[0])
         return False
 
 
@@ -76,33 +163,52 @@ class EarlyTerminationHook(TrainingHook):
     def __init__(self, patience: int):
         self.patience = patience
 
-    def before_train(self, arguments: dict[str, Any]) -> bool:
+    def before_train(self, trainer) -> bool:
         """True when resuming from the checkpoint of a run that already terminated early (it stays finished)."""
-        if "auto_terminated_at" not in arguments:
+        if "auto_terminated_at" not in trainer.arguments:
             return False
         logger.info("The run in this OUTPUT_DIR stopped early at iteration %d (SOLVER.AUTO_TERMINATE_PATIENCE); "
                     "nothing more to train, its best model is model_best.pth (--no-resume trains again).",
-                    arguments["auto_terminated_at"])
+                    trainer.arguments["auto_terminated_at"])
         return True
 
-    def after_evaluation(self, iteration: int, average_precision: float, arguments: dict[str, Any]) -> bool:
+    def after_evaluation(self, trainer, average_precision: float) -> bool:
         """True (stop) when the evaluations since the best reach the patience."""
+        arguments = trainer.arguments
         waited = arguments.get("evaluations_since_best", 0)
         if waited < self.patience:
             return False
-        arguments["auto_terminated_at"] = iteration
+        arguments["auto_terminated_at"] = iteration = arguments["iteration"]
         best = arguments["best_eval"]
         logger.info("Iteration %d: %d evaluations without reaching the best AP %.4f (iteration %d); training "
                     "stops early (SOLVER.AUTO_TERMINATE_PATIENCE).", iteration, waited, best["ap"], best["iteration"])
         return True
 
 
-def validation_hooks(cfg, scheduler, optimizer, save: Callable[[str, dict[str, Any]], None]) -> list[TrainingHook]:
-    """The hooks the config asks for when evaluating during training, in the official order."""
+def validation_hooks(cfg) -> list[TrainingHook]:
+    """The hooks of the evaluations' results the config asks for, in the official order."""
     hooks: list[TrainingHook] = []
     if cfg.SOLVER.USE_AUTOSTEP:
-        hooks.append(AutoStepHook(scheduler, optimizer))
-    hooks.append(BestModelHook(save))
+        hooks.append(AutoStepHook())
+    hooks.append(BestModelHook())
     if cfg.SOLVER.AUTO_TERMINATE_PATIENCE != -1:
         hooks.append(EarlyTerminationHook(cfg.SOLVER.AUTO_TERMINATE_PATIENCE))
+    return hooks
+
+
+def default_hooks(cfg, val_data_loader: Iterable | None, checkpoint_period: int, max_iter: int
+                  ) -> list[TrainingHook]:
+    """The hooks of a run as the config asks: logging, evaluation during training (with `val_data_loader`, every
+    TEST.EVAL_PERIOD iterations or else every checkpoint) and its result hooks, checkpoints, the loss curve."""
+    hooks: list[TrainingHook] = [LoggingHook(cfg.SOLVER.LOG_PERIOD)]
+    if val_data_loader is not None:
+        eval_period = cfg.TEST.EVAL_PERIOD if cfg.TEST.EVAL_PERIOD > 0 else checkpoint_period
+        # The last iteration is evaluated here unless TEST.AFTER_TRAINING evaluates the trained model anyway.
+        hooks.append(EvaluationHook(val_data_loader, eval_period, at_end=not cfg.TEST.AFTER_TRAINING))
+        hooks += validation_hooks(cfg)
+    elif cfg.SOLVER.USE_AUTOSTEP or cfg.SOLVER.AUTO_TERMINATE_PATIENCE != -1:
+        logger.warning("SOLVER.USE_AUTOSTEP and SOLVER.AUTO_TERMINATE_PATIENCE act on the AP of evaluations "
+                       "during training: set TEST.DURING_TRAINING True, or they change nothing.")
+    # After the evaluation, so that a run stopped by early termination saves its last state.
+    hooks += [PeriodicCheckpointHook(checkpoint_period, max_iter), LossCurveHook(cfg.OUTPUT_DIR)]
     return hooks

@@ -1,10 +1,11 @@
-"""One training run as an object: the Trainer owns what it trains with, built once from the config.
+"""One training run as an object: the Trainer owns what it trains with, built once from the config, and the loop.
 
-tools/train_net.py and tools/finetune.py build it with `Trainer.from_config` and call `train()`; the loop itself is
-engine/trainer.py's `do_train`, and evaluation during training, model_best, the LR auto-step and early termination
-are its hooks (engine/hooks.py).
+tools/train_net.py and tools/finetune.py build it with `Trainer.from_config` and call `train()`. Each iteration
+is one step (engine/trainer.py's train_step); logging, evaluation during training, model_best, the LR auto-step,
+early termination, checkpoints and the loss curve are hooks (engine/hooks.py).
 """
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,8 +22,8 @@ from maskrcnn_benchmark.utils.comm import get_rank
 from maskrcnn_benchmark.utils.ema import ModelEma
 from maskrcnn_benchmark.utils.metric_logger import MetricLogger, TensorboardLogger
 
-from .hooks import TrainingHook
-from .trainer import do_train, log_execution_plan
+from .hooks import TrainingHook, default_hooks
+from .trainer import check_trained, log_execution_plan, restore_rng_state, skip_batch, too_many_negatives, train_step
 
 logger = logging.getLogger("maskrcnn_benchmark.trainer")
 
@@ -47,17 +48,18 @@ def checkpoint_period_of(cfg, max_iter: int) -> int:
 
 
 class Trainer:
-    """Model, optimizer, scheduler, loss scaler, EMA, checkpointer and loaders of one run, and its training state.
+    """Model, optimizer, scheduler, loss scaler, EMA, checkpointer and loaders of one run, its state and its loop.
 
     `arguments` is the state that travels in checkpoints (iteration, loss history, best evaluation, ...).
-    `hooks` default to those the config asks for (engine.trainer.training_hooks).
+    `hooks` default to those the config asks for (engine.hooks.default_hooks); `checkpoint_period` to
+    SOLVER.CHECKPOINT_PERIOD or SOLVER.CHECKPOINT_PER_EPOCH.
     """
 
     def __init__(self, cfg, model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer, scheduler,
                  checkpointer, device: torch.device, arguments: dict[str, Any], *,
                  scaler: torch.amp.GradScaler | None = None, model_ema: ModelEma | None = None,
                  val_data_loader: Iterable | None = None, meters: MetricLogger | None = None,
-                 hooks: list[TrainingHook] | None = None):
+                 hooks: list[TrainingHook] | None = None, checkpoint_period: int | None = None):
         self.cfg = cfg
         self.model = model
         self.data_loader = data_loader
@@ -70,7 +72,16 @@ class Trainer:
         self.model_ema = model_ema
         self.val_data_loader = val_data_loader
         self.meters = meters if meters is not None else MetricLogger(delimiter="  ")
-        self.hooks = hooks
+        self.max_iter = len(data_loader)
+        self.checkpoint_period = (checkpoint_period if checkpoint_period is not None
+                                  else checkpoint_period_of(cfg, self.max_iter))
+        self.hooks = hooks if hooks is not None else default_hooks(cfg, val_data_loader, self.checkpoint_period,
+                                                                   self.max_iter)
+        # The loop's own state, read by the hooks.
+        self.start_iter = self.stop_iter = arguments["iteration"]
+        self.start_time = time.perf_counter()
+        self.iteration_seconds: list[float] = []  # each timed iteration of this run, for the throughput
+        self.stop_requested = False
 
     @property
     def module(self) -> nn.Module:
@@ -78,11 +89,54 @@ class Trainer:
         return self.model.module if hasattr(self.model, "module") else self.model
 
     def train(self, early_stop_iteration: int = -1) -> dict[str, Any]:
-        """Train from the current iteration to the end (or `early_stop_iteration`); returns the state."""
-        return do_train(self.cfg, self.model, self.data_loader, self.optimizer, self.scheduler, self.checkpointer,
-                        self.device, checkpoint_period_of(self.cfg, len(self.data_loader)), self.arguments,
-                        self.val_data_loader, self.meters, early_stop_iteration=early_stop_iteration,
-                        scaler=self.scaler, model_ema=self.model_ema, hooks=self.hooks)
+        """Train from the current iteration to the end (or `early_stop_iteration`, the LR schedule still spanning
+        the whole run); returns `arguments`. A hook can end the run early (early termination)."""
+        self.start_iter = self.arguments["iteration"]
+        self.stop_iter = min(self.max_iter, early_stop_iteration) if early_stop_iteration > 0 else self.max_iter
+        for key, empty in (("loss_history", {}), ("skipped_steps", 0), ("skipped_batches", 0)):
+            self.arguments.setdefault(key, empty)
+        if any([hook.before_train(self) for hook in self.hooks]):
+            self.meters.close()
+            return self.arguments
+        logger.info("Start training from iteration %d to %d", self.start_iter, self.stop_iter)
+        self.model.train()
+        data_iter = iter(self.data_loader)
+        # After the loader's iterator exists (creating it draws from torch's generator), as at the checkpointed point.
+        restore_rng_state(self.arguments.pop("rng_states", None))
+        self.start_time = end = time.perf_counter()
+        for iteration, batch in zip(range(self.start_iter + 1, self.stop_iter + 1), data_iter):
+            self.arguments["iteration"] = iteration
+            self.run_step(batch, started=end, data_time=time.perf_counter() - end)
+            for hook in self.hooks:
+                self.stop_requested = hook.after_step(self) or self.stop_requested
+            end = time.perf_counter()
+            if self.stop_requested:
+                break
+        for hook in self.hooks:
+            hook.after_train(self)
+        self.meters.close()
+        return self.arguments
+
+    def run_step(self, batch: Any, started: float, data_time: float) -> None:
+        """Train on one batch (or skip it when too many of its images have no box) and time the step."""
+        cfg, iteration = self.cfg, self.arguments["iteration"]
+        if too_many_negatives(batch.targets, cfg.SOLVER.MAX_NEG_PER_BATCH, self.device):
+            skip_batch(cfg, iteration, self.arguments)
+        else:
+            train_step(cfg, self.model, batch, self.optimizer, self.scheduler, self.device, self.scaler,
+                       self.model_ema, self.arguments, self.meters, iteration)
+            batch_time = time.perf_counter() - started
+            self.meters.update(time=batch_time, data=data_time, fps=cfg.SOLVER.IMS_PER_BATCH / batch_time)
+            self.iteration_seconds.append(batch_time)
+            self.meters.write_scalars(iteration)
+        if iteration == self.stop_iter:
+            # Before the hooks' evaluation and final checkpoint: an untrained model is no result.
+            check_trained(cfg, iteration, self.arguments)
+
+    def after_evaluation(self, average_precision: float) -> bool:
+        """Give an evaluation's AP to every hook (all of them, also after one asked to stop: as officially the best
+        is saved first); True when one stops the run."""
+        return any([hook.after_evaluation(self, average_precision) for hook in self.hooks])
 
     @classmethod
     def from_config(cls, cfg, device: torch.device, distributed: bool, use_tensorboard: bool = False,

@@ -1,9 +1,9 @@
-"""The training loop (GLIP's do_train): AMP, non-finite-loss guard, EMA, logging, checkpoints, evaluation."""
+"""One training step and its bookkeeping (AMP, non-finite guard, EMA, loss history, logging, checkpoints), and
+GLIP's do_train entry, which runs them through engine.train_loop.Trainer."""
 import datetime
 import logging
 import math
 import os
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -12,13 +12,11 @@ from torch import nn
 
 from maskrcnn_benchmark.layers.deform_conv import NonFiniteOffsetError
 from maskrcnn_benchmark.utils.amp import amp_dtype, autocast
-from maskrcnn_benchmark.utils.comm import all_gather, any_rank, broadcast_object, get_rank, is_main_process, reduce_dict
+from maskrcnn_benchmark.utils.comm import all_gather, any_rank, get_rank, is_main_process, reduce_dict
 from maskrcnn_benchmark.utils.device import peak_memory_mb
 from maskrcnn_benchmark.utils.ema import ModelEma, unwrap_model
 from maskrcnn_benchmark.utils.metric_logger import MetricLogger
 from maskrcnn_benchmark.utils.miscellaneous import get_rng_state, save_loss_curve, set_rng_state
-
-from .hooks import TrainingHook, validation_hooks
 
 logger = logging.getLogger("maskrcnn_benchmark.trainer")
 
@@ -199,25 +197,6 @@ def log_training_summary(total_time: float, iterations: int, iteration_seconds: 
                     speed.images, speed.seconds, speed.warmup_iterations)
 
 
-def evaluate_model(cfg, model: nn.Module, data_loader: Iterable, device: torch.device,
-                   dataset_name: str = "val", output_folder: str | None = None) -> float:
-    """Box AP (COCO, LVIS) of `model` on `data_loader` via engine.inference, or Recall@1 over all phrases for
-    TEST.EVAL_TASK grounding (Flickr30k); computed on rank 0 and shared with every process."""
-    from .inference import inference
-
-    result = inference(unwrap_model(model), data_loader, dataset_name=dataset_name, iou_types=("bbox",),
-                       device=device, expected_results=cfg.TEST.EXPECTED_RESULTS,
-                       expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL,
-                       output_folder=output_folder, cfg=cfg, verbose=False)
-    if result is None:
-        metric = 0.0
-    elif isinstance(result, dict):  # the grounding recall scores
-        metric = result["Recall@1_all"]
-    else:
-        metric = result[0].results["bbox"]["AP"]
-    return broadcast_object(metric)
-
-
 def save_checkpoint(checkpointer, name: str, arguments: dict[str, Any], tag_last: bool = True) -> None:
     """Save `name` with every process's random-generator states (a collective: all processes call it);
     `tag_last` False leaves `last_checkpoint` where it was (model_best)."""
@@ -272,109 +251,20 @@ def do_train(
     early_stop_iteration: int = -1,
     scaler: torch.amp.GradScaler | None = None,
     model_ema: ModelEma | None = None,
-    hooks: Sequence[TrainingHook] | None = None,
+    hooks: Sequence | None = None,
 ) -> dict[str, Any]:
     """Train from arguments["iteration"] to len(data_loader) (or `early_stop_iteration`); returns `arguments`.
 
-    A checkpoint is written every `checkpoint_period` iterations and at the end. With `val_data_loader`, the model
-    (its EMA with SOLVER.USE_EMA_FOR_MONITOR) is evaluated every TEST.EVAL_PERIOD iterations (default: the
-    checkpoint period). A non-finite loss stops training with NonFiniteLossError, or with
-    SOLVER.SKIP_NONFINITE_STEPS skips that step. Random states and the loss history travel in the checkpoints so
-    that a resumed run continues exactly. `hooks` (default: `training_hooks`) see each evaluation's AP: model_best,
-    SOLVER.USE_AUTOSTEP and SOLVER.AUTO_TERMINATE_PATIENCE, which ends the run early.
+    GLIP's entry point, kept for scripts that build the pieces themselves: it runs an engine.train_loop.Trainer
+    over them, whose hooks (default: engine.hooks.default_hooks) checkpoint every `checkpoint_period`
+    iterations and at the end, and with `val_data_loader` evaluate every TEST.EVAL_PERIOD iterations.
     """
-    meters = meters if meters is not None else MetricLogger(delimiter="  ")
-    max_iter = len(data_loader)
-    stop_iter = min(max_iter, early_stop_iteration) if early_stop_iteration > 0 else max_iter
-    start_iter = arguments["iteration"]
-    history = arguments.setdefault("loss_history", {})
-    arguments.setdefault("skipped_steps", 0)
-    arguments.setdefault("skipped_batches", 0)
-    eval_period = cfg.TEST.EVAL_PERIOD if cfg.TEST.EVAL_PERIOD > 0 else checkpoint_period
-    hooks = training_hooks(cfg, scheduler, optimizer, checkpointer, val_data_loader) if hooks is None else hooks
-    if any([hook.before_train(arguments) for hook in hooks]):
-        meters.close()
-        return arguments
-    logger.info("Start training from iteration %d to %d", start_iter, stop_iter)
-    model.train()
+    from .train_loop import Trainer  # the loop's module builds on this one's step functions
 
-    data_iter = iter(data_loader)
-    # After the loader's iterator exists (creating it draws from torch's generator), as at the checkpointed point.
-    restore_rng_state(arguments.pop("rng_states", None))
-    iteration_seconds: list[float] = []  # each timed iteration of this run, for the throughput
-    start_training_time = time.perf_counter()
-    end = time.perf_counter()
-    for iteration, batch in zip(range(start_iter + 1, stop_iter + 1), data_iter):
-        data_time = time.perf_counter() - end
-        arguments["iteration"] = iteration
-        if too_many_negatives(batch.targets, cfg.SOLVER.MAX_NEG_PER_BATCH, device):
-            skip_batch(cfg, iteration, arguments)
-        else:
-            train_step(cfg, model, batch, optimizer, scheduler, device, scaler, model_ema, arguments, meters,
-                       iteration)
-            batch_time = time.perf_counter() - end
-            meters.update(time=batch_time, data=data_time, fps=cfg.SOLVER.IMS_PER_BATCH / batch_time)
-            iteration_seconds.append(batch_time)
-            meters.write_scalars(iteration)
-        if is_main_process() and "time" in meters.meters and (
-                iteration % cfg.SOLVER.LOG_PERIOD == 0 or iteration == stop_iter):
-            logger.info(log_line(meters, iteration, stop_iter, optimizer, device, arguments["skipped_steps"],
-                                 arguments["skipped_batches"]))
-        end_of_run = iteration == stop_iter
-        if end_of_run:
-            # Before the evaluation and the final checkpoint: an untrained model is no result.
-            check_trained(cfg, iteration, arguments)
-        stop = val_data_loader is not None and (iteration % eval_period == 0 or end_of_run and not
-                                                cfg.TEST.AFTER_TRAINING) and evaluate_during_training(
-            cfg, model, model_ema, val_data_loader, device, iteration, arguments, hooks)
-        save_after_iteration(checkpointer, iteration, max_iter, checkpoint_period, end_of_run or stop, arguments)
-        end = time.perf_counter()
-        if stop:
-            break
-
-    log_training_summary(time.perf_counter() - start_training_time, arguments["iteration"] - start_iter,
-                         iteration_seconds, cfg.SOLVER.IMS_PER_BATCH)
-    log_skip_totals(arguments)
-    write_loss_curve(history, cfg.OUTPUT_DIR)
-    for hook in hooks:
-        hook.after_train(arguments)
-    meters.close()
-    return arguments
-
-
-def training_hooks(cfg, scheduler, optimizer: torch.optim.Optimizer, checkpointer,
-                   val_data_loader: Iterable | None) -> list[TrainingHook]:
-    """The hooks of evaluation during training (none without a validation loader, with a warning when the
-    config asks for the auto-step or early termination, which then never act)."""
-    if val_data_loader is None:
-        if cfg.SOLVER.USE_AUTOSTEP or cfg.SOLVER.AUTO_TERMINATE_PATIENCE != -1:
-            logger.warning("SOLVER.USE_AUTOSTEP and SOLVER.AUTO_TERMINATE_PATIENCE act on the AP of evaluations "
-                           "during training: set TEST.DURING_TRAINING True, or they change nothing.")
-        return []
-    return validation_hooks(cfg, scheduler, optimizer,
-                            lambda name, arguments: save_checkpoint(checkpointer, name, arguments, tag_last=False))
-
-
-def evaluate_during_training(cfg, model: nn.Module, model_ema: ModelEma | None, val_data_loader: Iterable,
-                             device: torch.device, iteration: int, arguments: dict[str, Any],
-                             hooks: Sequence[TrainingHook]) -> bool:
-    """Evaluate the model (its EMA with SOLVER.USE_EMA_FOR_MONITOR), record arguments["eval_result"] and give the
-    AP to every hook; True when a hook stops the run. The model is back in training mode afterwards."""
-    monitored = model_ema.ema if model_ema is not None and cfg.SOLVER.USE_EMA_FOR_MONITOR else model
-    arguments["eval_result"] = evaluate_model(cfg, monitored, val_data_loader, device)
-    model.train()
-    logger.info("Iteration %d: evaluation AP %.4f", iteration, arguments["eval_result"])
-    # Every hook sees the evaluation, also after one asked to stop (as officially, the best is saved first).
-    return any([hook.after_evaluation(iteration, arguments["eval_result"], arguments) for hook in hooks])
-
-
-def save_after_iteration(checkpointer, iteration: int, max_iter: int, checkpoint_period: int, last: bool,
-                         arguments: dict[str, Any]) -> None:
-    """model_final at the schedule's end, else model_<iteration> every `checkpoint_period` and when `last`."""
-    if iteration == max_iter:
-        save_checkpoint(checkpointer, "model_final", arguments)
-    elif iteration % checkpoint_period == 0 or last:
-        save_checkpoint(checkpointer, f"model_{iteration:07d}", arguments)
+    trainer = Trainer(cfg, model, data_loader, optimizer, scheduler, checkpointer, device, arguments, scaler=scaler,
+                      model_ema=model_ema, val_data_loader=val_data_loader, meters=meters,
+                      hooks=list(hooks) if hooks is not None else None, checkpoint_period=checkpoint_period)
+    return trainer.train(early_stop_iteration)
 
 
 def train_step(cfg, model: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, scheduler, device: torch.device,

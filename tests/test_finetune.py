@@ -125,7 +125,57 @@ def test_finetune_refuses_bad_settings_naming_the_flag(capsys):
     with pytest.raises(SystemExit):
         tool.parse_args(["--config-file", "base.yaml", "--keep_testing"])
     assert "--keep_testing opened the official interactive debugger" in capsys.readouterr().err
-    assert tool.shot_settings("1_200_8,10000_1_1") == [(1, 200, 8), (10000, 1, 1)] and tool.seeds_of(None) == [None]
+    assert tool.shot_settings("1_200_8,10000_1_1") == [(1, 200, 8, 1), (10000, 1, 1, 10000)]
+    assert tool.seeds_of(None) == [None]
+    with pytest.raises(ValueError, match=r"'1_200_8_3': a fourth number \(the validation shots\) names a prepared "
+                                         r"validation split; add --use_prepared_data"):
+        tool.shot_settings("1_200_8_3")
+    assert tool.shot_settings("1_200_8_3", use_prepared_data=True) == [(1, 200, 8, 3)]
+
+
+def write_prepared_split(root, split: str, shots: int, seed: int, image_ids: list[int]) -> dict:
+    """A prepared k-shot annotation file (the images given, their boxes), registered like the ODinW configs."""
+    import json
+
+    data = json.loads((root / "annotations" / f"{split}.json").read_text())
+    data["images"] = [image for image in data["images"] if image["id"] in image_ids]
+    data["annotations"] = [ann for ann in data["annotations"] if ann["image_id"] in image_ids]
+    path = root / "annotations" / f"fewshot_{split}_shot{shots}_seed{seed}.json"
+    path.write_text(json.dumps(data))
+    return {"img_dir": str(root / split), "ann_file": str(path)}
+
+
+def test_use_prepared_data_trains_and_validates_on_the_registered_splits(tmp_path):
+    from maskrcnn_benchmark.data.build import build_dataset
+    from maskrcnn_benchmark.text import build_tokenizer
+
+    task_file = write_task(tmp_path, "shapes", 1)
+    task = yaml.safe_load(open(task_file))
+    root = tmp_path / "shapes"
+    task["DATASETS"]["REGISTER"].update({
+        "shapes_grounding_train_2_30": write_prepared_split(root, "train", 2, 30, [1, 3]),
+        "shapes_val_1_30": write_prepared_split(root, "val", 1, 30, [2]),
+    })
+    with open(task_file, "w") as f:
+        yaml.safe_dump(task, f)
+    tool = load_tool("tools/finetune.py")
+    args = tool.parse_args(["--config-file", str(SYNTHETIC), "--use_prepared_data", "MODEL.DEVICE", "cpu",
+                            "MODEL.LANGUAGE_BACKBONE.MODEL_PATH", str(ROOT / "configs" / "synthetic" / "bert_tiny")])
+    (setting,) = tool.shot_settings("2_4_1_1", use_prepared_data=True)
+    cfg = tool.run_config(args, task_file, 1, setting, 30, several_shots=False)
+    # As officially: the splits are named <TRAIN>_<shots>_<seed> and <TEST>_<val shots>_<seed>, no shots are drawn,
+    # and a 1- or 3-shot validation set is repeated 4 times.
+    assert cfg.DATASETS.TRAIN == ("shapes_grounding_train_2_30",) and cfg.DATASETS.TEST == ("shapes_val_1_30",)
+    assert (cfg.DATASETS.FEW_SHOT, cfg.DATASETS.GENERAL_COPY_TEST, cfg.SOLVER.MAX_EPOCH) == (0, 4, 4)
+    assert os.path.basename(cfg.OUTPUT_DIR) == "ft_task_1_seed_30"
+    tokenizer = build_tokenizer(cfg)
+    (train_set,) = build_dataset(cfg, cfg.DATASETS.TRAIN, None, tokenizer, is_train=True)
+    (val_set,) = build_dataset(cfg, cfg.DATASETS.TEST, None, tokenizer, is_train=False)
+    assert sorted(train_set.ids) == [1, 3] and len(val_set) == 4
+    # A seed without a prepared split is refused before anything runs.
+    with pytest.raises(ValueError, match=r"--use_prepared_data: no dataset 'shapes_grounding_train_2_3' or "
+                                         r"'shapes_val_1_3' is registered"):
+        tool.run_config(args, task_file, 1, setting, 3, several_shots=False)
 
 
 # The official ODinW fine-tuning command's overrides (GLIP README), with a preset as finetune.py applies it.

@@ -2,11 +2,15 @@
 
     python tools/finetune.py --config-file BASE.yaml --ft-tasks "configs/odinw_13/*.yaml" \
         [--custom_shot_and_epoch_and_general_copy SHOT_EPOCH_COPY[,SHOT_EPOCH_COPY...]] [--shuffle_seeds 3,30] \
-        [--skip_optimizer_resume] [--evaluate_only_best_on_test] [--push_both_val_and_test] [--skip-test] KEY VALUE...
+        [--skip_optimizer_resume] [--evaluate_only_best_on_test] [--push_both_val_and_test] [--skip-test]
+        [--use_prepared_data] KEY VALUE...
 
 For each task config (comma-separated globs, each sorted), shot setting and seed: the base config, then the task
 config, then KEY VALUE pairs; SHOT_EPOCH_COPY sets DATASETS.FEW_SHOT, SOLVER.MAX_EPOCH and DATASETS.GENERAL_COPY
-(10000 shots: zero-shot, the weights are evaluated untrained, as officially); a seed sets DATASETS.SHUFFLE_SEED;
+(10000 shots: zero-shot, the weights are evaluated untrained, as officially); a seed sets DATASETS.SHUFFLE_SEED.
+With --use_prepared_data the k-shot subsets are not drawn: the run trains on the task's prepared split
+<TRAIN>_<shots>_<seed> and validates on <TEST>_<val shots>_<seed> (names the ODinW configs register, e.g. train_1_3
+and val_1_3; SHOT_EPOCH_COPY_VALSHOT gives the validation shots, else the training shots), as officially;
 SOLVER.TUNING_HIGHLEVEL_OVERRIDE's preset (full, linear_prob, language_prompt_v1..v4) sets the freeze keys. Each
 run trains in OUTPUT_DIR/ft_task_<n>[_<shots>shot][_seed_<seed>] (resumed when it holds a checkpoint) and is
 evaluated on DATASETS.TEST. The runs' APs are written to OUTPUT_DIR/finetune_results.csv and .md.
@@ -19,7 +23,7 @@ import logging
 import os
 import shutil
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -29,7 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # train_net
 import train_net  # noqa: E402  (tools/ is on sys.path when this script runs)
 
 from maskrcnn_benchmark.config import get_cfg_defaults  # noqa: E402
+from maskrcnn_benchmark.config.paths_catalog import DatasetCatalog  # noqa: E402
 from maskrcnn_benchmark.config.tuning_presets import apply_tuning_preset  # noqa: E402
+from maskrcnn_benchmark.data.build import dataset_suffix  # noqa: E402
 from maskrcnn_benchmark.modeling.detector import build_detection_model  # noqa: E402
 from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer, load_state_dict, read_checkpoint  # noqa: E402
 from maskrcnn_benchmark.utils.comm import get_local_rank, get_rank, is_main_process, synchronize  # noqa: E402
@@ -58,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="evaluate model_best.pth (kept by TEST.DURING_TRAINING) instead of the final weights")
     parser.add_argument("--push_both_val_and_test", action="store_true",
                         help="the results table also gives the best validation AP and its iteration")
+    parser.add_argument("--use_prepared_data", action="store_true",
+                        help="train and validate on the prepared k-shot splits the task config registers "
+                             "(<TRAIN>_<shots>_<seed>, <TEST>_<val shots>_<seed>) instead of drawing the shots")
     parser.add_argument("--keep_testing", action="store_true", help="official interactive testing: refused")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
@@ -82,17 +91,32 @@ def task_configs(ft_tasks: str, config_file: str) -> list[str]:
     return files
 
 
-def shot_settings(value: str | None) -> list[tuple[int, int, int] | None]:
-    """(shots, epochs, general copy) of each SHOT_EPOCH_COPY; [None] keeps the task configs' own."""
+class ShotSetting(NamedTuple):
+    """One SHOT_EPOCH_COPY[_VALSHOT] of --custom_shot_and_epoch_and_general_copy."""
+
+    shots: int
+    epochs: int
+    general_copy: int
+    val_shots: int  # the prepared validation split's shots (--use_prepared_data); the training shots by default
+
+
+def shot_settings(value: str | None, use_prepared_data: bool = False) -> list[ShotSetting | None]:
+    """The SHOT_EPOCH_COPY settings (SHOT_EPOCH_COPY_VALSHOT with prepared data); [None] keeps the task
+    configs' own."""
     if not value:
         return [None]
     settings = []
     for item in value.split(","):
         parts = item.split("_")
-        if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        if len(parts) == 4 and not use_prepared_data:
+            raise ValueError(f"--custom_shot_and_epoch_and_general_copy {item!r}: a fourth number (the validation "
+                             "shots) names a prepared validation split; add --use_prepared_data or drop it.")
+        if len(parts) not in (3, 4) or not all(part.isdigit() for part in parts):
             raise ValueError(f"--custom_shot_and_epoch_and_general_copy {item!r}: expected SHOT_EPOCH_COPY, three "
-                             "whole numbers joined by '_' (e.g. 1_200_8 for 1 shot, 200 epochs, 8 copies).")
-        settings.append(tuple(int(part) for part in parts))
+                             "whole numbers joined by '_' (e.g. 1_200_8 for 1 shot, 200 epochs, 8 copies; with "
+                             "--use_prepared_data a fourth gives the validation shots).")
+        numbers = [int(part) for part in parts]
+        settings.append(ShotSetting(*numbers[:3], val_shots=numbers[3] if len(numbers) == 4 else numbers[0]))
     return settings
 
 
@@ -106,7 +130,7 @@ def seeds_of(value: str | None) -> list[int | None]:
         raise ValueError(f"--shuffle_seeds {value!r}: expected comma-separated whole numbers, e.g. 3,30.") from None
 
 
-def run_config(args: argparse.Namespace, task_file: str, task_id: int, shots: tuple[int, int, int] | None,
+def run_config(args: argparse.Namespace, task_file: str, task_id: int, shots: ShotSetting | None,
                seed: int | None, several_shots: bool):
     """One run's config: base, task file, KEY VALUEs, shot setting, seed, output folder, tuning preset."""
     cfg = get_cfg_defaults()
@@ -117,16 +141,41 @@ def run_config(args: argparse.Namespace, task_file: str, task_id: int, shots: tu
     cfg.merge_from_list(args.opts or [])
     folder = f"ft_task_{task_id}"
     if shots is not None:
-        cfg.DATASETS.FEW_SHOT, cfg.SOLVER.MAX_EPOCH, cfg.DATASETS.GENERAL_COPY = shots
-        folder += f"_{shots[0]}shot" if several_shots else ""
+        cfg.SOLVER.MAX_EPOCH, cfg.DATASETS.GENERAL_COPY = shots.epochs, shots.general_copy
+        if not args.use_prepared_data:
+            cfg.DATASETS.FEW_SHOT = shots.shots
+        folder += f"_{shots.shots}shot" if several_shots else ""
     if seed is not None:
         cfg.DATASETS.SHUFFLE_SEED = seed
         folder += f"_seed_{seed}"
+    if args.use_prepared_data and shots is not None and shots.shots not in (0, ZERO_SHOT):
+        use_prepared_splits(cfg, shots)
     cfg.merge_from_list(args.opts or [])  # the command line wins, as officially
     cfg.MODEL.WEIGHT = resolve_last_checkpoint(cfg.MODEL.WEIGHT)
     cfg.OUTPUT_DIR = os.path.join(output_dir, folder)
     apply_tuning_preset(cfg)
     return cfg
+
+
+def use_prepared_splits(cfg, shots: ShotSetting) -> None:
+    """Point DATASETS.TRAIN and TEST at the prepared k-shot splits of the run's shots and DATASETS.SHUFFLE_SEED.
+
+    Officially the split's seed was the task config's even when --shuffle_seeds gave another, so that the folder
+    named one seed and the data came from another; here the run's seed names both.
+    """
+    seed = cfg.DATASETS.SHUFFLE_SEED
+    cfg.DATASETS.TRAIN = tuple(f"{name}_{shots.shots}_{seed}" for name in cfg.DATASETS.TRAIN[:1])
+    cfg.DATASETS.TEST = tuple(f"{name}_{shots.val_shots}_{seed}" for name in cfg.DATASETS.TEST[:1])
+    if shots.val_shots in (1, 3):
+        cfg.DATASETS.GENERAL_COPY_TEST = 4  # as officially: so tiny validation sets have an image per device
+    splits = [(cfg.DATASETS.TRAIN[0], True), (cfg.DATASETS.TEST[0], False)]
+    missing = [name for name, is_train in splits if name not in cfg.DATASETS.REGISTER
+               and name + dataset_suffix(cfg, is_train) not in DatasetCatalog.DATASETS]
+    if missing:
+        raise ValueError(f"--use_prepared_data: no dataset {' or '.join(map(repr, missing))} is registered (the "
+                         f"task config's DATASETS.REGISTER has {sorted(cfg.DATASETS.REGISTER)}). Prepare that split "
+                         "and register it (DATA.md, ODinW), or drop --use_prepared_data to draw the shots with "
+                         "DATASETS.FEW_SHOT.")
 
 
 def resolve_last_checkpoint(weight: str) -> str:
@@ -210,7 +259,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Parse the command line; train and evaluate every task x shot setting x seed; write the results table."""
     args = parse_args(argv)
     tasks = task_configs(args.ft_tasks, args.config_file)
-    settings, seeds = shot_settings(args.custom_shot_and_epoch_and_general_copy), seeds_of(args.shuffle_seeds)
+    settings = shot_settings(args.custom_shot_and_epoch_and_general_copy, args.use_prepared_data)
+    seeds = seeds_of(args.shuffle_seeds)
     local_rank = get_local_rank() if args.local_rank is None else args.local_rank
     base = run_config(args, tasks[0], 1, settings[0], seeds[0], len(settings) > 1)
     device = resolve_device(base.MODEL.DEVICE, local_rank)
@@ -227,7 +277,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 cfg.MODEL.DEVICE = str(device)
                 cfg.freeze()
                 logger.info("Fine-tuning task %d (%s) in %s", task_id, task_file, cfg.OUTPUT_DIR)
-                zero_shot = args.skip_train or (shots is not None and shots[0] == ZERO_SHOT)
+                zero_shot = args.skip_train or (shots is not None and shots.shots == ZERO_SHOT)
                 rows.append({"task": os.path.splitext(os.path.basename(task_file))[0],
                              **run_one(cfg, device, distributed, args, zero_shot)})
     if is_main_process():

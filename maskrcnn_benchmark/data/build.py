@@ -49,9 +49,14 @@ def load_list_option(value: str | Sequence[dict], key: str) -> list[dict]:
         raise ValueError(f"{key} is neither a file nor a JSON list: {value[:80]!r}") from err
 
 
+def dataset_suffix(cfg, is_train: bool) -> str:
+    """DATASETS.TRAIN_DATASETNAME_SUFFIX or TEST_DATASETNAME_SUFFIX: appended to each training or test set name."""
+    return cfg.DATASETS.TRAIN_DATASETNAME_SUFFIX if is_train else cfg.DATASETS.TEST_DATASETNAME_SUFFIX
+
+
 def registered_datasets(cfg, is_train: bool) -> dict[str, dict[str, str]]:
     """DATASETS.REGISTER entries keyed by name + TRAIN/TEST_DATASETNAME_SUFFIX, as GLIP registers them."""
-    suffix = cfg.DATASETS.TRAIN_DATASETNAME_SUFFIX if is_train else cfg.DATASETS.TEST_DATASETNAME_SUFFIX
+    suffix = dataset_suffix(cfg, is_train)
     return {name + suffix: dict(attrs) for name, attrs in cfg.DATASETS.REGISTER.items()}
 
 
@@ -91,7 +96,7 @@ def build_dataset(cfg, dataset_names: Sequence[str], transforms: Callable | None
                   tokenizer: PreTrainedTokenizerBase, is_train: bool = True) -> list[Dataset]:
     """One dataset per name (test), or a single (concatenated) training dataset in a list."""
     _check_dataset_config(cfg, dataset_names)
-    suffix = cfg.DATASETS.TRAIN_DATASETNAME_SUFFIX if is_train else cfg.DATASETS.TEST_DATASETNAME_SUFFIX
+    suffix = dataset_suffix(cfg, is_train)
     registered = registered_datasets(cfg, is_train)
     copies = cfg.DATASETS.GENERAL_COPY if is_train else cfg.DATASETS.GENERAL_COPY_TEST
     datasets = []

@@ -115,6 +115,25 @@ def test_save_is_atomic_and_tags_last_checkpoint(tmp_path):
     assert torch.equal(other.head.weight, model.head.weight)
 
 
+def test_keep_last_prunes_only_this_runs_checkpoints(tmp_path):
+    earlier = Checkpointer(Tiny(), save_dir=str(tmp_path), save_to_disk=True)
+    for iteration in (1, 2, 3):
+        earlier.save(f"model_{iteration:07d}", iteration=iteration)
+    # A run started afresh in the folder (--no-resume, or the launch scripts' --overwrite) keeps its own newest
+    # checkpoint and leaves the earlier run's files alone.
+    fresh = Checkpointer(Tiny(), save_dir=str(tmp_path), save_to_disk=True, keep_last=1)
+    assert fresh.load(force=True) == {}
+    for iteration in (10, 20):
+        fresh.save(f"model_{iteration:07d}", iteration=iteration)
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == [
+        "model_0000001.pth", "model_0000002.pth", "model_0000003.pth", "model_0000020.pth"]
+    # A resumed run owns the folder's periodic checkpoints.
+    resumed = Checkpointer(Tiny(), save_dir=str(tmp_path), save_to_disk=True, keep_last=2)
+    assert resumed.load() == {"iteration": 20}
+    resumed.save("model_0000030", iteration=30)
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == ["model_0000020.pth", "model_0000030.pth"]
+
+
 # ---- wrong weights -------------------------------------------------------------------------------------------------
 
 class OtherNetwork(nn.Module):

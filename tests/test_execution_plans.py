@@ -217,6 +217,38 @@ def test_deform_conv_leaves_its_bias_alone_on_a_single_output_pixel():
     torch.testing.assert_close(out.flatten(), weight[:, :, 1, 1] @ image.flatten() + bias)
 
 
+def test_deform_conv_defers_its_offset_check_only_inside_a_collecting_module():
+    """On the accelerator plan the head's convs zero non-finite offsets and leave a record that the head's forward
+    checks once; a conv used on its own checks at once and keeps nothing (no records pile up)."""
+    from maskrcnn_benchmark.layers.deform_conv import (
+        ModulatedDeformConv,
+        NonFiniteOffsetError,
+        defer_offset_checks,
+        raise_for_deferred_offsets,
+    )
+
+    image, mask = torch.randn(1, 4, 5, 5), torch.rand(1, 9, 5, 5)
+    offsets = torch.zeros(1, 18, 5, 5)
+    offsets[0, 3, 2, 2] = float("nan")
+    alone = ModulatedDeformConv(4, 4, 3, padding=1)
+    apply_execution_plan(alone, "accelerator")
+    with torch.no_grad():
+        for _ in range(3):
+            alone(image, torch.zeros_like(offsets), mask)
+        assert not getattr(alone, "deferred_offsets", None)
+        with pytest.raises(NonFiniteOffsetError, match="Non-finite offsets reached ModulatedDeformConv"):
+            alone(image, offsets, mask)
+    head = torch.nn.Sequential(ModulatedDeformConv(4, 4, 3, padding=1))
+    apply_execution_plan(head, "accelerator")
+    defer_offset_checks(head)
+    with torch.no_grad():
+        out = head[0](image, offsets, mask)
+    assert torch.isfinite(out).all() and len(head[0].deferred_offsets) == 1
+    with pytest.raises(NonFiniteOffsetError, match="Non-finite offsets reached ModulatedDeformConv"):
+        raise_for_deferred_offsets(head)
+    assert head[0].deferred_offsets is None
+
+
 # ---- whole model --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

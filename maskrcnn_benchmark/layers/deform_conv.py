@@ -252,6 +252,15 @@ def _offset_report(offset: Tensor, layer: nn.Module | None) -> str:
 _deferred_call_order = itertools.count()
 
 
+def defer_offset_checks(module: nn.Module) -> None:
+    """Let the deformable convs inside `module` defer their offset check (on plans with `deferred_finite_check`)
+    to the `raise_for_deferred_offsets(module)` that `module`'s forward calls. Other convs check at once, so that
+    no records pile up where nobody collects them."""
+    for conv in module.modules():
+        if isinstance(conv, ModulatedDeformConv):
+            conv.offset_check_collected = True
+
+
 def raise_for_deferred_offsets(module: nn.Module) -> None:
     """Raise NonFiniteOffsetError for the first call, in `module`'s last forward, of a deformable conv that was given
     non-finite offsets (plans with `deferred_finite_check`): one host sync for all calls; the records are cleared."""
@@ -294,6 +303,7 @@ class ModulatedDeformConv(UsesExecutionPlan, nn.Module):
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.offset_check_collected = False  # set by defer_offset_checks
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -307,10 +317,11 @@ class ModulatedDeformConv(UsesExecutionPlan, nn.Module):
         """Convolve `input` sampling at the kernel taps shifted by `offset`, each weighted by `mask`.
 
         Non-finite offsets raise NonFiniteOffsetError here, or, on plans that defer the check (a host sync per
-        call stalls an accelerator), are replaced by zeros and reported by `raise_for_deferred_offsets`.
+        call stalls an accelerator) inside a module that collects them (`defer_offset_checks`), are replaced by
+        zeros and reported by `raise_for_deferred_offsets`.
         """
         plan = self.execution_plan
-        if plan.deferred_finite_check:
+        if plan.deferred_finite_check and self.offset_check_collected:
             record = (next(_deferred_call_order), offset, torch.isfinite(offset).all())
             self.deferred_offsets = [*(getattr(self, "deferred_offsets", None) or ()), record]
             offset = offset.nan_to_num(0.0, 0.0, 0.0)

@@ -333,7 +333,8 @@ class Checkpointer:
 
     Besides the model, the optimizer, scheduler, AMP loss `scaler` and `model_ema` (an object with
     `state_dict`/`load_state_dict`, saved under "model_ema") are saved when given and restored on resume.
-    `keep_last` > 0 keeps only that many newest periodic checkpoints (`model_NNNNNNN.pth`).
+    `keep_last` > 0 keeps only that many newest periodic checkpoints (`model_NNNNNNN.pth`) of this run: those it
+    wrote, and on resume those already in save_dir; a run started afresh in a folder never deletes files it found.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -349,6 +350,8 @@ class Checkpointer:
         self.save_dir = save_dir
         self.save_to_disk = save_to_disk
         self.logger = logger or logging.getLogger(__name__)
+        # Periodic checkpoints of another run (--no-resume, --overwrite): pruning leaves them; a resume adopts them.
+        self.found_checkpoints = set(self.periodic_checkpoints())
 
     def save(self, name: str, tag_last: bool = True, **extra: Any) -> str | None:
         """Write `<save_dir>/<name>.pth` atomically, point `last_checkpoint` at it (unless not `tag_last`: a
@@ -382,12 +385,19 @@ class Checkpointer:
             if name.startswith(".") and PARTIAL_MARKER in name:
                 os.unlink(os.path.join(self.save_dir, name))
 
+    def periodic_checkpoints(self) -> list[str]:
+        """The `model_NNNNNNN.pth` files in save_dir, oldest iteration first."""
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        matches = [m for m in map(PERIODIC_CHECKPOINT.match, os.listdir(self.save_dir)) if m]
+        return [m.group(0) for m in sorted(matches, key=lambda m: int(m.group(1)))]
+
     def prune_periodic_checkpoints(self) -> None:
-        """Delete all but the `keep_last` newest `model_NNNNNNN.pth`, never the one `last_checkpoint` names."""
+        """Delete all but the `keep_last` newest periodic checkpoints of this run, never the one `last_checkpoint`
+        names nor those of another run found in save_dir."""
         current = self.get_checkpoint_file()
-        periodic = sorted((int(m.group(1)), m.group(0)) for m in map(PERIODIC_CHECKPOINT.match,
-                                                                        os.listdir(self.save_dir)) if m)
-        for _, name in periodic[:-self.keep_last]:
+        own = [name for name in self.periodic_checkpoints() if name not in self.found_checkpoints]
+        for name in own[:-self.keep_last]:
             if name != current:
                 self.logger.info("Removing old checkpoint %s", name)
                 os.unlink(os.path.join(self.save_dir, name))
@@ -404,6 +414,7 @@ class Checkpointer:
         if self.has_checkpoint() and not force:
             f = os.path.join(self.save_dir, self.get_checkpoint_file())
             resume = True
+            self.found_checkpoints = set()  # the folder's periodic checkpoints are this run's
         if not f:
             self.logger.info("No checkpoint found. Initializing model from scratch")
             return {}

@@ -8,7 +8,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig
 
-from maskrcnn_benchmark.layers.deform_conv import ModulatedDeformConv, raise_for_deferred_offsets
+from maskrcnn_benchmark.layers.deform_conv import (
+    ModulatedDeformConv,
+    defer_offset_checks,
+    raise_for_deferred_offsets,
+)
 from maskrcnn_benchmark.layers.dyrelu import DyReLU, h_sigmoid
 from maskrcnn_benchmark.layers.execution_plan import UsesExecutionPlan
 from maskrcnn_benchmark.layers.misc import Scale
@@ -166,6 +170,7 @@ class VLDyHead(UsesExecutionPlan, nn.Module):
             tower.append(BertEncoderLayer(language_config, clamp_bert_min, clamp_bert_max))
             tower.append(DyConv(channels, channels, num_groups))
         self.dyhead_tower = nn.ModuleList(tower)
+        defer_offset_checks(self.dyhead_tower)  # forward collects them once per call (raise_for_deferred_offsets)
 
         # cls_logits is kept only for checkpoint compatibility (and its channel count, the number of
         # classes): GLIP-T classifies through the dot-product token logits, so it is frozen and unused.

@@ -138,7 +138,7 @@ def test_default_hooks_follow_the_config(tmp_path, caplog):
     assert (evaluation.period, evaluation.at_end) == (5, True)
 
 
-def run(cfg, val_loader):
+def run(cfg, val_loader, hook_list=None):
     torch.manual_seed(0)
     model = LinearDetector()
     dataset = RandomImages()
@@ -153,7 +153,7 @@ def run(cfg, val_loader):
     arguments.update(checkpointer.load())
     batch_sampler.start_iter = arguments["iteration"]
     return trainer.do_train(cfg, model, loader, optimizer, scheduler, checkpointer, torch.device("cpu"),
-                            cfg.SOLVER.CHECKPOINT_PERIOD, arguments, val_data_loader=val_loader)
+                            cfg.SOLVER.CHECKPOINT_PERIOD, arguments, val_data_loader=val_loader, hooks=hook_list)
 
 
 def test_the_training_loop_stops_after_the_patience_and_stays_stopped(tmp_path, monkeypatch, caplog):
@@ -172,3 +172,27 @@ def test_the_training_loop_stops_after_the_patience_and_stays_stopped(tmp_path, 
     # Launched again on the same folder, the run resumes as finished and trains no further.
     again = run(cfg, val_loader=[None])
     assert again["iteration"] == 8 and next(scripted) == 0.9
+
+
+def test_a_custom_hook_sees_every_step_and_can_stop_the_run(tmp_path):
+    class StopAtThree(hooks.TrainingHook):
+        def __init__(self):
+            self.calls = []
+
+        def before_train(self, running):
+            self.calls.append(("before", running.arguments["iteration"]))
+            return False
+
+        def after_step(self, running):
+            self.calls.append(("step", running.arguments["iteration"]))
+            return running.arguments["iteration"] == 3
+
+        def after_train(self, running):
+            self.calls.append(("after", running.arguments["iteration"]))
+
+    hook = StopAtThree()
+    cfg = solver_cfg(tmp_path)
+    arguments = run(cfg, val_loader=None, hook_list=[hook, *default_hooks(cfg, None, cfg.SOLVER.CHECKPOINT_PERIOD, 12)])
+    assert hook.calls == [("before", 0), ("step", 1), ("step", 2), ("step", 3), ("after", 3)]
+    # The checkpoint hook after it saw the stop: the run's last state is saved.
+    assert arguments["iteration"] == 3 and (tmp_path / "model_0000003.pth").exists()

@@ -134,6 +134,35 @@ def test_keep_last_prunes_only_this_runs_checkpoints(tmp_path):
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == ["model_0000020.pth", "model_0000030.pth"]
 
 
+def test_the_ema_starts_at_the_loaded_weights_and_continues_on_resume(tmp_path):
+    from maskrcnn_benchmark.utils.ema import ModelEma
+
+    pretrained = Tiny()
+    torch.save({"model": pretrained.state_dict()}, tmp_path / "pretrained.pth")
+    model = Tiny()
+    ema = ModelEma(model, decay=0.5)  # built from the random init, before anything is loaded
+    run = tmp_path / "run"
+    checkpointer = Checkpointer(model, save_dir=str(run), save_to_disk=True, model_ema=ema)
+    assert checkpointer.load(str(tmp_path / "pretrained.pth")) == {}
+    for key, value in pretrained.state_dict().items():
+        assert torch.equal(ema.state_dict()[key], value), key
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    ema.update(model)
+    averaged = {key: value.clone() for key, value in ema.state_dict().items()}
+    checkpointer.save("model_0000001", iteration=1)
+
+    resumed = Tiny()
+    resumed_ema = ModelEma(resumed, decay=0.5)
+    assert Checkpointer(resumed, save_dir=str(run), model_ema=resumed_ema).load() == {"iteration": 1}
+    assert all(torch.equal(resumed_ema.state_dict()[key], value) for key, value in averaged.items())
+    # Weights only (--skip_optimizer_resume): the average starts again at the loaded weights.
+    Checkpointer(resumed, save_dir=str(run), model_ema=resumed_ema).load(skip_optimizer=True)
+    assert torch.equal(resumed_ema.state_dict()["head.weight"], model.head.weight)
+    # A run without EMA resuming from one with it does not carry the old average along.
+    assert "model_ema" not in Checkpointer(Tiny(), save_dir=str(run)).load()
+
+
 # ---- wrong weights -------------------------------------------------------------------------------------------------
 
 class OtherNetwork(nn.Module):

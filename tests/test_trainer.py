@@ -153,15 +153,12 @@ def run_tiny(cfg, nan_on_calls=(), early_stop_iteration=-1, dataset_size=6, nan_
     loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_lr_scheduler(cfg, optimizer, len(loader))
+    model_ema = ModelEma(model, cfg.SOLVER.MODEL_EMA)
     checkpointer = Checkpointer(model, optimizer, scheduler, cfg.OUTPUT_DIR, save_to_disk=True,
-                                scaler=make_grad_scaler("cpu", False), keep_last=cfg.SOLVER.KEEP_LAST_CHECKPOINTS)
+                                scaler=make_grad_scaler("cpu", False), model_ema=model_ema,
+                                keep_last=cfg.SOLVER.KEEP_LAST_CHECKPOINTS)
     arguments = {"iteration": 0}
     arguments.update(checkpointer.load())
-    batch_sampler.start_iter = arguments["iteration"]
-    model_ema = ModelEma(model, cfg.SOLVER.MODEL_EMA)
-    if "model_ema" in arguments:
-        model_ema.load_state_dict(arguments.pop("model_ema"))
-    checkpointer.model_ema = model_ema
     do_train(cfg, model, loader, optimizer, scheduler, checkpointer, torch.device("cpu"),
              cfg.SOLVER.CHECKPOINT_PERIOD, arguments, early_stop_iteration=early_stop_iteration,
              model_ema=model_ema)

@@ -151,7 +151,6 @@ def run(cfg, val_loader, hook_list=None):
     checkpointer = Checkpointer(model, optimizer, scheduler, cfg.OUTPUT_DIR, save_to_disk=True)
     arguments = {"iteration": 0}
     arguments.update(checkpointer.load())
-    batch_sampler.start_iter = arguments["iteration"]
     return trainer.do_train(cfg, model, loader, optimizer, scheduler, checkpointer, torch.device("cpu"),
                             cfg.SOLVER.CHECKPOINT_PERIOD, arguments, val_data_loader=val_loader, hooks=hook_list)
 
@@ -196,3 +195,17 @@ def test_a_custom_hook_sees_every_step_and_can_stop_the_run(tmp_path):
     assert hook.calls == [("before", 0), ("step", 1), ("step", 2), ("step", 3), ("after", 3)]
     # The checkpoint hook after it saw the stop: the run's last state is saved.
     assert arguments["iteration"] == 3 and (tmp_path / "model_0000003.pth").exists()
+
+
+def test_the_loop_starts_the_loader_where_the_run_stopped():
+    from maskrcnn_benchmark.engine.train_loop import start_loader_at
+
+    dataset = RandomImages()
+    batch_sampler = make_batch_data_sampler(dataset, make_data_sampler(dataset, shuffle=False, distributed=False), [],
+                                            2, 6, drop_last=True)
+    loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate)
+    start_loader_at(loader, 4)
+    assert [batch.img_ids for batch in loader] == [(0, 1), (2, 3)]  # iterations 5 and 6 (the third pass)
+    start_loader_at([None], 0)  # a fresh run may train on any iterable
+    with pytest.raises(ValueError, match=r"Resuming at iteration 3 needs a training loader whose batch_sampler"):
+        start_loader_at([None], 3)

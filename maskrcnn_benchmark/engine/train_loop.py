@@ -100,6 +100,7 @@ class Trainer:
             return self.arguments
         logger.info("Start training from iteration %d to %d", self.start_iter, self.stop_iter)
         self.model.train()
+        start_loader_at(self.data_loader, self.start_iter)
         data_iter = iter(self.data_loader)
         # After the loader's iterator exists (creating it draws from torch's generator), as at the checkpointed point.
         restore_rng_state(self.arguments.pop("rng_states", None))
@@ -160,14 +161,12 @@ class Trainer:
         optimizer = make_optimizer(cfg, model)
         scheduler = make_lr_scheduler(cfg, optimizer, max_iter)
         scaler = make_grad_scaler(device.type, cfg.SOLVER.USE_AMP, amp_dtype(device.type, cfg.SOLVER.AMP_DTYPE))
+        # The average starts at the loaded weights, or continues a resumed run's (the checkpointer sees to both).
+        model_ema = ModelEma(model, decay=cfg.SOLVER.MODEL_EMA) if cfg.SOLVER.MODEL_EMA > 0 else None
         checkpointer = DetectronCheckpointer(cfg, model, optimizer, scheduler, cfg.OUTPUT_DIR,
-                                             save_to_disk=get_rank() == 0, scaler=scaler,
+                                             save_to_disk=get_rank() == 0, scaler=scaler, model_ema=model_ema,
                                              keep_last=cfg.SOLVER.KEEP_LAST_CHECKPOINTS)
         arguments = load_or_resume(cfg, checkpointer, resume, restart, skip_optimizer_resume)
-        # The loader was sized before the checkpoint was read: it continues from the checkpointed iteration.
-        data_loader.batch_sampler.start_iter = arguments["iteration"]
-        model_ema = build_ema(cfg, model, arguments)
-        checkpointer.model_ema = model_ema
         if distributed:
             model = wrap_ddp(cfg, model, device)
         val_data_loader = None
@@ -177,6 +176,17 @@ class Trainer:
                   if use_tensorboard else MetricLogger(delimiter="  "))
         return cls(cfg, model, data_loader, optimizer, scheduler, checkpointer, device, arguments, scaler=scaler,
                    model_ema=model_ema, val_data_loader=val_data_loader, meters=meters)
+
+
+def start_loader_at(data_loader: Iterable, iteration: int) -> None:
+    """Make the training loader's iteration-based batch sampler continue after `iteration` (the batches an
+    uninterrupted run would see next); a resumed run on a loader that cannot continue is refused."""
+    batch_sampler = getattr(data_loader, "batch_sampler", None)
+    if hasattr(batch_sampler, "start_iter"):
+        batch_sampler.start_iter = iteration
+    elif iteration > 0:
+        raise ValueError(f"Resuming at iteration {iteration} needs a training loader whose batch_sampler has "
+                         "start_iter (make_data_loader's IterationBasedBatchSampler); this one would start over.")
 
 
 def load_or_resume(cfg, checkpointer, resume: bool, restart: bool, skip_optimizer: bool) -> dict[str, Any]:
@@ -193,16 +203,6 @@ def load_or_resume(cfg, checkpointer, resume: bool, restart: bool, skip_optimize
     arguments = {"iteration": 0}
     arguments.update(checkpointer.load(weight, force=restart, skip_optimizer=skip_optimizer))
     return arguments
-
-
-def build_ema(cfg, model: nn.Module, arguments: dict[str, Any]) -> ModelEma | None:
-    """SOLVER.MODEL_EMA's average, from the loaded weights (as officially); a resumed run's average restored."""
-    if cfg.SOLVER.MODEL_EMA <= 0:
-        return None
-    model_ema = ModelEma(model, decay=cfg.SOLVER.MODEL_EMA)
-    if "model_ema" in arguments:
-        model_ema.load_state_dict(arguments.pop("model_ema"))
-    return model_ema
 
 
 def wrap_ddp(cfg, model: nn.Module, device: torch.device) -> nn.Module:

@@ -423,18 +423,26 @@ class Checkpointer:
         load_state_dict(self.model, extract_state_dict(checkpoint, keyword, f), source=f,
                         allow_missing_weights=allow_missing_weights)
         if not (resume and isinstance(checkpoint, dict)) or skip_optimizer:
+            self.restart_ema()
             return {}
+        if self.model_ema is not None and not checkpoint.get("model_ema"):
+            self.restart_ema()
         for entry, target in (("optimizer", self.optimizer), ("scheduler", self.scheduler),
                               ("scaler", self.scaler), ("model_ema", self.model_ema)):
-            if target is None or entry not in checkpoint:
-                continue
-            state = checkpoint.pop(entry)
+            # Taken out also without a target, so that the next save does not carry a stale state along.
+            state = checkpoint.pop(entry, None)
             # An empty state is that of a disabled GradScaler (fp32 run), which an enabled one refuses.
-            if state:
+            if target is not None and state:
                 self.logger.info("Restoring %s from %s", entry, f)
                 target.load_state_dict(state)
         checkpoint.pop(keyword, None)
         return checkpoint
+
+    def restart_ema(self) -> None:
+        """Start the EMA (when given) at the weights just loaded, as officially: a checkpoint without the run's own
+        average (pretrained weights, --skip_optimizer_resume) gives it nothing to continue from."""
+        if self.model_ema is not None:
+            self.model_ema.reset(self.model)
 
     def has_checkpoint(self) -> bool:
         """True when save_dir holds a `last_checkpoint` pointer."""

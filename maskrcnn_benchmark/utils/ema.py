@@ -29,6 +29,13 @@ class ModelEma:
             p.requires_grad_(False)
 
     @torch.no_grad()
+    def reset(self, model: nn.Module) -> None:
+        """Start the average over at the current weights of `model` (wrapped or not)."""
+        current = unwrap_model(model).state_dict()
+        for name, ema_value in self.ema.state_dict().items():
+            ema_value.copy_(current[name])
+
+    @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move the average one step towards the current weights of `model` (wrapped or not)."""
         current = unwrap_model(model).state_dict()

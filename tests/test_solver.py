@@ -174,8 +174,37 @@ def test_constant_warmup_and_unsupported_schedules():
     assert lrs == [0.5, 0.5, 2.0, 2.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="USE_COSINE"):
         make_lr_scheduler(solver_cfg(USE_COSINE=True), optimizer)
-    with pytest.raises(ValueError, match="WEIGHT_DECAY_SCHEDULE = True"):
-        make_optimizer(solver_cfg(WEIGHT_DECAY_SCHEDULE=True), NamedLikeGlip())
+
+
+def test_weight_decay_schedule_lowers_the_decay_at_the_ratio_of_each_lr_step():
+    # Worked out from the official trainer: milestones 10 and 20 at ratio 0.5 drop every group's weight decay by
+    # gamma once the scheduler has stepped 5 and then 10 times; a resumed run counts the drops already done.
+    from types import SimpleNamespace
+
+    from maskrcnn_benchmark.engine.hooks import WeightDecayScheduleHook, default_hooks
+
+    cfg = solver_cfg(WEIGHT_DECAY_SCHEDULE=True, WEIGHT_DECAY_SCHEDULE_RATIO=0.5, STEPS=(10, 20), GAMMA=0.1,
+                     WARMUP_ITERS=0)
+    model = NamedLikeGlip()
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_lr_scheduler(cfg, optimizer, 30)
+    decays = [group["weight_decay"] for group in optimizer.param_groups]
+    running = SimpleNamespace(scheduler=scheduler, optimizer=optimizer, arguments={"iteration": 0})
+    hook = WeightDecayScheduleHook(cfg.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO)
+    assert hook.before_train(running) is False
+    factors = []
+    for iteration in range(1, 13):
+        optimizer.step()
+        scheduler.step()
+        running.arguments["iteration"] = iteration
+        hook.after_step(running)
+        factors.append(optimizer.param_groups[0]["weight_decay"] / decays[0])
+    assert factors == pytest.approx([1] * 4 + [0.1] * 5 + [0.01] * 3)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == pytest.approx([d * 0.01 for d in decays])
+    resumed = WeightDecayScheduleHook(0.5)
+    resumed.before_train(running)
+    assert resumed.passed == 2
+    assert "WeightDecayScheduleHook" in [type(h).__name__ for h in default_hooks(cfg, None, 100, 30)]
 
 
 def test_autostep_warms_up_then_lowers_the_lr_on_a_plateau_of_the_ap():

@@ -298,7 +298,7 @@ _C.SOLVER.DATASET_LENGTH = -1  # filled in by the official data builder; nothing
 # A preset of the freeze keys (config/tuning_presets.py) that tools/finetune.py applies; train_net ignores it.
 _C.SOLVER.TUNING_HIGHLEVEL_OVERRIDE = None
 _C.SOLVER.USE_EMA_FOR_MONITOR = False
-_C.SOLVER.WEIGHT_DECAY_SCHEDULE = False  # decay the weight decay together with the LR: refused (not built)
+_C.SOLVER.WEIGHT_DECAY_SCHEDULE = False  # weight decay x GAMMA at RATIO x each LR step (GLIP-L; engine/hooks.py)
 _C.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO = 0.667
 
 # ---------------------------------------------------------------------------------------------------------

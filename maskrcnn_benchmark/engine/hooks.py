@@ -1,5 +1,5 @@
-"""The training loop's hooks (engine.train_loop.Trainer calls them): logging, evaluation during training,
-model_best, the LR auto-step, early termination, periodic checkpoints and the loss curve.
+"""The training loop's hooks (engine.train_loop.Trainer calls them): logging, the weight-decay schedule, evaluation
+during training, model_best, the LR auto-step, early termination, periodic checkpoints and the loss curve.
 
 Hooks keep their state in the trainer's `arguments`, which travel in every checkpoint, so that a resumed run
 continues with the same best AP, patience count and schedule. Under DDP every process calls every hook (checkpoints
@@ -58,6 +58,41 @@ class LoggingHook(TrainingHook):
                              trainer.arguments["iteration"] - trainer.start_iter, trainer.iteration_seconds,
                              trainer.cfg.SOLVER.IMS_PER_BATCH)
         log_skip_totals(trainer.arguments)
+
+
+class WeightDecayScheduleHook(TrainingHook):
+    """SOLVER.WEIGHT_DECAY_SCHEDULE (GLIP-L): every group's weight decay is multiplied by the LR schedule's gamma
+    once the schedule reaches `ratio` x each of its milestones (SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO), one milestone
+    per iteration, as officially. Officially checked before each step; here after the previous one, the same point.
+    A schedule without milestones (SOLVER.USE_AUTOSTEP) leaves the decay alone, as officially."""
+
+    def __init__(self, ratio: float):
+        self.ratio = ratio
+        self.passed = 0  # milestones whose decay drop is done (a resumed optimizer holds the lowered decay)
+
+    def before_train(self, trainer) -> bool:
+        """Count the milestones a resumed run has passed; warn when the schedule has none."""
+        milestones = getattr(trainer.scheduler, "milestones", None)
+        if milestones is None:
+            logger.warning("SOLVER.WEIGHT_DECAY_SCHEDULE follows the LR milestones of SOLVER.STEPS; this schedule "
+                           "(SOLVER.USE_AUTOSTEP) has none, so the weight decay stays as it is (as officially).")
+            return False
+        self.passed = sum(trainer.scheduler.last_epoch >= milestone * self.ratio for milestone in milestones)
+        return False
+
+    def after_step(self, trainer) -> bool:
+        """Lower the weight decay when the next milestone's point is reached."""
+        milestones = list(getattr(trainer.scheduler, "milestones", ()))
+        if self.passed >= len(milestones) or trainer.scheduler.last_epoch < milestones[self.passed] * self.ratio:
+            return False
+        gamma = trainer.scheduler.gamma
+        for group in trainer.optimizer.param_groups:
+            if "weight_decay" in group:
+                group["weight_decay"] *= gamma
+        self.passed += 1
+        logger.info("Iteration %d: weight decay x %g (SOLVER.WEIGHT_DECAY_SCHEDULE, %d of %d)",
+                    trainer.arguments["iteration"], gamma, self.passed, len(milestones))
+        return False
 
 
 class EvaluationHook(TrainingHook):
@@ -201,6 +236,8 @@ def default_hooks(cfg, val_data_loader: Iterable | None, checkpoint_period: int,
     """The hooks of a run as the config asks: logging, evaluation during training (with `val_data_loader`, every
     TEST.EVAL_PERIOD iterations or else every checkpoint) and its result hooks, checkpoints, the loss curve."""
     hooks: list[TrainingHook] = [LoggingHook(cfg.SOLVER.LOG_PERIOD)]
+    if cfg.SOLVER.WEIGHT_DECAY_SCHEDULE:
+        hooks.append(WeightDecayScheduleHook(cfg.SOLVER.WEIGHT_DECAY_SCHEDULE_RATIO))
     if val_data_loader is not None:
         eval_period = cfg.TEST.EVAL_PERIOD if cfg.TEST.EVAL_PERIOD > 0 else checkpoint_period
         # The last iteration is evaluated here unless TEST.AFTER_TRAINING evaluates the trained model anyway.

@@ -43,30 +43,39 @@ def test_two_processes_match_one_process(tmp_path_factory):
 
 
 # A process of a 2-process gloo group on CPU: joins with SOLVER.DDP_TIMEOUT_MINUTES from the command line, then
-# rank 1 stops itself (SIGSTOP, a hung process) and rank 0 calls the trainer's first collective of an iteration.
+# rank 1 stops itself (SIGSTOP, a hung process) and rank 0 calls the trainer's first collective of an iteration
+# (argument "any_rank") or the trainer's backward pass of a DDP model (argument "backward").
 HUNG_RANK_WORKER = """
 import os, signal, sys, time
 import torch
 from maskrcnn_benchmark.config import get_cfg_defaults
+from maskrcnn_benchmark.engine.trainer import backward
 from maskrcnn_benchmark.utils.comm import any_rank
 from maskrcnn_benchmark.utils.device import init_distributed
 
 cfg = get_cfg_defaults()
 cfg.merge_from_list(["SOLVER.DDP_TIMEOUT_MINUTES", sys.argv[1]])
 init_distributed(torch.device("cpu"), cfg.SOLVER.DDP_TIMEOUT_MINUTES)
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 if os.environ["RANK"] == "1":
     os.kill(os.getpid(), signal.SIGSTOP)
 start = time.perf_counter()
 try:
-    any_rank(False, torch.device("cpu"))
+    if sys.argv[2] == "any_rank":
+        any_rank(False, torch.device("cpu"))
+    else:
+        backward(model(torch.ones(2, 4)).sum(), optimizer)
 finally:
     print(f"waited {time.perf_counter() - start:.1f} s", flush=True)
 """
 
 
-def test_a_hung_rank_fails_the_other_rank_after_the_ddp_timeout_naming_the_collective():
+@pytest.mark.parametrize("collective, name", [("any_rank", "all_reduce (any_rank)"),
+                                              ("backward", "the gradient all_reduce of DDP's backward pass")])
+def test_a_hung_rank_fails_the_other_rank_after_the_ddp_timeout_naming_the_collective(collective, name):
     port = free_port()
-    ranks = [subprocess.Popen([sys.executable, "-c", HUNG_RANK_WORKER, "0.05"], cwd=ROOT, text=True,
+    ranks = [subprocess.Popen([sys.executable, "-c", HUNG_RANK_WORKER, "0.05", collective], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=subprocess_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
@@ -82,5 +91,5 @@ def test_a_hung_rank_fails_the_other_rank_after_the_ddp_timeout_naming_the_colle
     assert ranks[0].returncode != 0
     waited = float(re.search(r"waited ([\d.]+) s", stdout).group(1))
     assert 2.0 < waited < 15.0  # SOLVER.DDP_TIMEOUT_MINUTES 0.05 = 3 s, not torch's 30 minutes
-    assert "CollectiveError: all_reduce (any_rank) failed on rank 0 of 2: another process did not take part " \
+    assert f"CollectiveError: {name} failed on rank 0 of 2: another process did not take part " \
            "within the timeout (SOLVER.DDP_TIMEOUT_MINUTES)" in stderr, stderr[-3000:]

@@ -93,6 +93,7 @@ class Trainer:
         the whole run); returns `arguments`. A hook can end the run early (early termination)."""
         self.start_iter = self.arguments["iteration"]
         self.stop_iter = min(self.max_iter, early_stop_iteration) if early_stop_iteration > 0 else self.max_iter
+        self.iteration_seconds, self.stop_requested = [], False
         for key, empty in (("loss_history", {}), ("skipped_steps", 0), ("skipped_batches", 0)):
             self.arguments.setdefault(key, empty)
         if any([hook.before_train(self) for hook in self.hooks]):

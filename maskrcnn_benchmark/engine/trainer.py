@@ -5,6 +5,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import torch
@@ -12,7 +13,15 @@ from torch import nn
 
 from maskrcnn_benchmark.layers.deform_conv import NonFiniteOffsetError
 from maskrcnn_benchmark.utils.amp import amp_dtype, autocast
-from maskrcnn_benchmark.utils.comm import all_gather, any_rank, get_rank, is_main_process, reduce_dict
+from maskrcnn_benchmark.utils.comm import (
+    all_gather,
+    any_rank,
+    get_rank,
+    is_distributed,
+    is_main_process,
+    named_collective,
+    reduce_dict,
+)
 from maskrcnn_benchmark.utils.device import peak_memory_mb
 from maskrcnn_benchmark.utils.ema import ModelEma, unwrap_model
 from maskrcnn_benchmark.utils.metric_logger import MetricLogger
@@ -87,11 +96,13 @@ def backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
     checks them itself, and the returned norm is 0.
     """
     optimizer.zero_grad(set_to_none=True)
-    if _scaling(scaler):
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        return torch.zeros((), device=loss.device)
-    loss.backward()
+    # Under DDP the backward pass all-reduces the gradients: a hung or dead process fails it after the timeout.
+    with named_collective("the gradient all_reduce of DDP's backward pass") if is_distributed() else nullcontext():
+        if _scaling(scaler):
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            return torch.zeros((), device=loss.device)
+        loss.backward()
     return gradient_norm(optimizer)
 
 

@@ -405,21 +405,20 @@ def test_float16_autocast_eval_scores_stay_close_to_float32(golden_model_on_plan
 
 @pytest.mark.slow
 def test_float16_autocast_training_step_is_finite_and_close(golden_model_on_plan, small_case):
+    """A float16 training step on every plan: finite gradients, and losses within 2 % of the official float32
+    ones (which every plan reproduces in float32, test_model_golden.py)."""
     model = golden_model_on_plan.train()
     given = small_case["inputs"]["train"]
-    results = []
-    for enabled in (False, True):
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.float16, enabled=enabled):
-            losses = model(image_list(small_case), targets=train_targets(small_case), captions=given["captions"],
-                           positive_map=given["positive_map"].clone())
-        sum(losses.values()).backward()
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        assert grads and all(torch.isfinite(g).all() for g in grads)
-        results.append({name: float(value) for name, value in losses.items()})
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        losses = model(image_list(small_case), targets=train_targets(small_case), captions=given["captions"],
+                       positive_map=given["positive_map"].clone())
+    sum(losses.values()).backward()
     model.eval()
-    fp32, fp16 = results
-    for name, value in fp32.items():
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    fp16 = {name: float(value) for name, value in losses.items()}
+    for name, value in small_case["train"]["losses"].items():
         assert math.isfinite(fp16[name])
         assert abs(fp16[name] - value) <= 0.02 * abs(value) + 1e-6, (name, fp16[name], value)
 

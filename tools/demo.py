@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from maskrcnn_benchmark.config import cfg as default_cfg
+from maskrcnn_benchmark.config import load_config
 from maskrcnn_benchmark.data.datasets.coco import read_rgb_image
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor, draw_predictions
 from maskrcnn_benchmark.structures.bounding_box import BoxList
@@ -137,10 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     pictures = output_pictures(images, args.out, args.out_dir)
     json_file = args.json or (os.path.splitext(args.out)[0] + ".json" if len(images) == 1
                               else os.path.join(args.out_dir, "detections.json"))
-    cfg = default_cfg.clone()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts or [])
     predictor = GLIPPredictor(cfg, weight=args.weight)
     for folder in {os.path.dirname(path) for path in [*pictures, json_file]} - {""}:
         os.makedirs(folder, exist_ok=True)

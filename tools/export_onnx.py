@@ -10,7 +10,7 @@ run by onnxruntime on the image and its detections are compared with the PyTorch
 import argparse
 import logging
 
-from maskrcnn_benchmark.config import cfg as default_cfg
+from maskrcnn_benchmark.config import load_config
 from maskrcnn_benchmark.data.datasets.coco import read_rgb_image
 from maskrcnn_benchmark.engine.onnx_export import DEFAULT_OPSET, ONNXRunner, export_onnx
 from maskrcnn_benchmark.engine.predictor_glip import GLIPPredictor
@@ -55,10 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     """Export, then optionally check against PyTorch."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    cfg = default_cfg.clone()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts or [])
     predictor = GLIPPredictor(cfg, weight=args.weight)
     export_onnx(predictor.model, args.out, tuple(args.size), args.opset, program_path=args.program)
     if args.check:

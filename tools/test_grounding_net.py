@@ -10,7 +10,7 @@ import os
 
 from torch import nn
 
-from maskrcnn_benchmark.config import cfg as default_cfg
+from maskrcnn_benchmark.config import load_config
 from maskrcnn_benchmark.engine.evaluation import evaluate_test_sets
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.utils.checkpoint import DetectronCheckpointer, missing_weights_error
@@ -55,10 +55,7 @@ def main(argv: list[str] | None = None, model: nn.Module | None = None) -> dict[
     """Evaluate as the command line says; `model` replaces the built and loaded detector (for tests)."""
     args = parse_args(argv)
     check_dist_url(args.dist_url)
-    cfg = default_cfg.clone()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts or [])
     device = resolve_device(cfg.MODEL.DEVICE, get_local_rank() if args.local_rank is None else args.local_rank)
     # The backend follows the device (nccl, hccl or gloo), as in training.
     distributed = init_distributed(device, cfg.SOLVER.DDP_TIMEOUT_MINUTES)

@@ -1,7 +1,8 @@
 """Helpers that several test modules share (tests import helpers, never each other's private functions).
 
 Processes: a free rendezvous port and environments whose `python` is this interpreter. Tools: tools/*.py loaded as
-modules. The small golden model: its config, inputs, head and synthetic loss inputs. End to end: a tiny COCO
+modules. The small golden model: its config, inputs, head and synthetic loss inputs. Toy training loaders. End to
+end: a tiny COCO
 folder, the small model's weights and the one reference training run that the resume, AMP and DDP tests share.
 """
 import importlib.util
@@ -18,13 +19,16 @@ import numpy as np
 import torch
 from conftest import SMALL, small_raw_cfg
 from PIL import Image
+from torch.utils.data import DataLoader
 from transformers import BertConfig
 
 from maskrcnn_benchmark.config import get_cfg_defaults
+from maskrcnn_benchmark.data import CollatedBatch
+from maskrcnn_benchmark.data.build import make_batch_data_sampler, make_data_sampler
 from maskrcnn_benchmark.modeling.rpn.anchor_generator import make_anchor_generator_complex
 from maskrcnn_benchmark.modeling.rpn.vldyhead import VLDyHead, build_vldyhead
 from maskrcnn_benchmark.structures.bounding_box import BoxList
-from maskrcnn_benchmark.structures.image_list import ImageList
+from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
 from maskrcnn_benchmark.utils.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,6 +210,23 @@ def loss_inputs(cfg, boxes_per_image, seed=0, requires_grad=True):
     text_masks = torch.zeros(num_images, LOSS_NUM_TOKENS, dtype=torch.long)
     text_masks[:, :9] = 1
     return box_regression, centerness, dot_product_logits, targets, anchors, positive_map, text_masks
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training loop on toy models: datasets of (image, BoxList, index)
+# ----------------------------------------------------------------------------------------------------------------
+
+def collate_toy_batch(samples) -> CollatedBatch:
+    """(image, target, index) samples as the trainer's CollatedBatch, without captions or maps."""
+    images, targets, ids = zip(*samples)
+    return CollatedBatch(to_image_list(list(images)), targets, ids, None, None, None, None, None)
+
+
+def toy_training_loader(dataset, images_per_batch: int, num_iterations: int, shuffle: bool = True) -> DataLoader:
+    """A one-process training loader with make_data_loader's samplers (iteration-based, resumable)."""
+    sampler = make_data_sampler(dataset, shuffle=shuffle, distributed=False)
+    batch_sampler = make_batch_data_sampler(dataset, sampler, [], images_per_batch, num_iterations, drop_last=True)
+    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_toy_batch)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -26,16 +26,15 @@ from helpers import (
     reference_run,
     small_train_options,
     subprocess_env,
+    toy_training_loader,
     train_net_command,
     write_tiny_coco,
 )
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from maskrcnn_benchmark.config import get_cfg_defaults
-from maskrcnn_benchmark.data import CollatedBatch
-from maskrcnn_benchmark.data.build import make_batch_data_sampler, make_data_sampler
 from maskrcnn_benchmark.engine.trainer import (
     WARMUP_ITERATIONS,
     NonFiniteLossError,
@@ -46,7 +45,6 @@ from maskrcnn_benchmark.engine.trainer import (
 )
 from maskrcnn_benchmark.solver import make_lr_scheduler, make_optimizer
 from maskrcnn_benchmark.structures.bounding_box import BoxList
-from maskrcnn_benchmark.structures.image_list import to_image_list
 from maskrcnn_benchmark.utils.amp import amp_dtype, make_grad_scaler
 from maskrcnn_benchmark.utils.checkpoint import Checkpointer, read_checkpoint
 from maskrcnn_benchmark.utils.device import resolve_device
@@ -120,11 +118,6 @@ class NoisyImages(Dataset):
         return image, target, index
 
 
-def collate(samples):
-    images, targets, ids = zip(*samples)
-    return CollatedBatch(to_image_list(list(images)), targets, ids, None, None, None, None, None)
-
-
 def tiny_cfg(output_dir, max_iter=6, **solver):
     cfg = get_cfg_defaults()
     cfg.OUTPUT_DIR = str(output_dir)
@@ -146,11 +139,7 @@ def run_tiny(cfg, nan_on_calls=(), early_stop_iteration=-1, dataset_size=6, nan_
     seed_all(cfg.SOLVER.SEED)
     model = TinyDetector(nan_on_calls, nan_gradient_on_calls)
     dataset = NoisyImages(dataset_size, boxless)
-    # The training loader's samplers, as make_data_loader builds them for one process.
-    sampler = make_data_sampler(dataset, shuffle=True, distributed=False)
-    batch_sampler = make_batch_data_sampler(dataset, sampler, [], cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER,
-                                            drop_last=True)
-    loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate)
+    loader = toy_training_loader(dataset, cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_lr_scheduler(cfg, optimizer, len(loader))
     model_ema = ModelEma(model, cfg.SOLVER.MODEL_EMA)

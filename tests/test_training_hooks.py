@@ -5,12 +5,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import toy_training_loader
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from maskrcnn_benchmark.config import get_cfg_defaults
-from maskrcnn_benchmark.data import CollatedBatch
-from maskrcnn_benchmark.data.build import make_batch_data_sampler, make_data_sampler
 from maskrcnn_benchmark.engine import hooks, trainer
 from maskrcnn_benchmark.engine.hooks import (
     AutoStepHook,
@@ -21,7 +20,6 @@ from maskrcnn_benchmark.engine.hooks import (
 )
 from maskrcnn_benchmark.solver import make_lr_scheduler, make_optimizer
 from maskrcnn_benchmark.structures.bounding_box import BoxList
-from maskrcnn_benchmark.structures.image_list import to_image_list
 from maskrcnn_benchmark.utils.checkpoint import Checkpointer, read_checkpoint
 
 
@@ -42,11 +40,6 @@ class RandomImages(Dataset):
 
     def __getitem__(self, index):
         return torch.rand(3, 4, 4), BoxList(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), (4, 4)), index
-
-
-def collate(samples):
-    images, targets, ids = zip(*samples)
-    return CollatedBatch(to_image_list(list(images)), targets, ids, None, None, None, None, None)
 
 
 def solver_cfg(output_dir, **solver):
@@ -142,10 +135,7 @@ def run(cfg, val_loader, hook_list=None):
     torch.manual_seed(0)
     model = LinearDetector()
     dataset = RandomImages()
-    sampler = make_data_sampler(dataset, shuffle=True, distributed=False)
-    batch_sampler = make_batch_data_sampler(dataset, sampler, [], cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER,
-                                            drop_last=True)
-    loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate)
+    loader = toy_training_loader(dataset, cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_lr_scheduler(cfg, optimizer, len(loader))
     checkpointer = Checkpointer(model, optimizer, scheduler, cfg.OUTPUT_DIR, save_to_disk=True)
@@ -201,9 +191,7 @@ def test_the_loop_starts_the_loader_where_the_run_stopped():
     from maskrcnn_benchmark.engine.train_loop import start_loader_at
 
     dataset = RandomImages()
-    batch_sampler = make_batch_data_sampler(dataset, make_data_sampler(dataset, shuffle=False, distributed=False), [],
-                                            2, 6, drop_last=True)
-    loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate)
+    loader = toy_training_loader(dataset, 2, 6, shuffle=False)
     start_loader_at(loader, 4)
     assert [batch.img_ids for batch in loader] == [(0, 1), (2, 3)]  # iterations 5 and 6 (the third pass)
     start_loader_at([None], 0)  # a fresh run may train on any iterable

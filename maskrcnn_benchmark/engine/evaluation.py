@@ -15,14 +15,6 @@ from maskrcnn_benchmark.utils.ema import unwrap_model
 from .inference import inference
 
 
-def test_set_names(cfg) -> list[str]:
-    """The names of DATASETS.TEST, groups of names flattened."""
-    names = list(cfg.DATASETS.TEST)
-    if names and isinstance(names[0], (list, tuple)):
-        names = [name for group in names for name in group]
-    return names
-
-
 def headline_metric(result: Any) -> float:
     """The number a run is judged by: box AP of a COCO or LVIS result, Recall@1 over all phrases of a grounding
     (Flickr30k) result, 0.0 for None (the result of processes other than rank 0)."""
@@ -57,7 +49,8 @@ def evaluate_test_sets(cfg, model: nn.Module, device: torch.device, distributed:
     `output_dir`); dataset name -> its result on rank 0, None on the other processes."""
     results = {}
     data_loaders = make_data_loader(cfg, is_train=False, is_distributed=distributed)
-    for name, data_loader in zip(test_set_names(cfg), data_loaders):
+    # make_data_loader refuses anything but a list of names (GLIP's nested groups included).
+    for name, data_loader in zip(cfg.DATASETS.TEST, data_loaders):
         folder = os.path.join(output_dir, "inference", name) if output_dir else None
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -68,4 +61,4 @@ def evaluate_test_sets(cfg, model: nn.Module, device: torch.device, distributed:
 
 def headline_metrics(results: dict[str, Any]) -> dict[str, float]:
     """Each result's headline metric, the same on every process (a collective: all processes call it)."""
-    return {name: broadcast_object(headline_metric(result)) for name, result in results.items()}
+    return broadcast_object({name: headline_metric(result) for name, result in results.items()})

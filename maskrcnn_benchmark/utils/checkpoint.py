@@ -425,7 +425,7 @@ class Checkpointer:
         if not (resume and isinstance(checkpoint, dict)) or skip_optimizer:
             self.restart_ema()
             return {}
-        if self.model_ema is not None and not checkpoint.get("model_ema"):
+        if not checkpoint.get("model_ema"):
             self.restart_ema()
         for entry, target in (("optimizer", self.optimizer), ("scheduler", self.scheduler),
                               ("scaler", self.scaler), ("model_ema", self.model_ema)):
